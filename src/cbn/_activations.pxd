@@ -1,0 +1,71 @@
+# Activation functions g and the elementwise kernels of layers without batch norm.
+# Shapes: N rows (examples), D units; every 2-D buffer is C-contiguous (N, D).
+from cython cimport floating
+from libc.math cimport exp, tanh
+
+# Activation codes shared by every kernel that applies an activation.
+cdef enum:
+    ACT_LINEAR = 0
+    ACT_RELU = 1
+    ACT_LEAKY_RELU = 2
+    ACT_TANH = 3
+    ACT_SIGMOID = 4
+
+# Reductions over rows visit units in blocks of BLOCK, so the per-unit sums of a block live
+# in double on the stack and the block's columns stay in cache between passes.
+cdef enum:
+    BLOCK = 64
+
+
+cdef inline double activate(double z, int activation, double slope) noexcept nogil:
+    """g(z)."""
+    if activation == ACT_RELU:
+        return z if z > 0.0 else 0.0
+    if activation == ACT_LEAKY_RELU:
+        return z if z > 0.0 else slope * z
+    if activation == ACT_TANH:
+        return tanh(z)
+    if activation == ACT_SIGMOID:
+        return stable_sigmoid(z)
+    return z
+
+
+cdef inline double activation_derivative(double a, int activation, double slope) noexcept nogil:
+    """g'(z) written through the output a = g(z), so backward needs only the cached A.
+
+    For leaky_relu this needs slope >= 0 (then a > 0 exactly when z > 0).
+    """
+    if activation == ACT_RELU:
+        return 1.0 if a > 0.0 else 0.0
+    if activation == ACT_LEAKY_RELU:
+        return 1.0 if a > 0.0 else slope
+    if activation == ACT_TANH:
+        return 1.0 - a * a
+    if activation == ACT_SIGMOID:
+        return a * (1.0 - a)
+    return 1.0
+
+
+cdef inline double stable_sigmoid(double z) noexcept nogil:
+    """1 / (1 + exp(-z)) without overflow for large |z|."""
+    cdef double e
+    if z >= 0.0:
+        return 1.0 / (1.0 + exp(-z))
+    e = exp(z)
+    return e / (1.0 + e)
+
+
+cdef void bias_activation_forward(
+    floating* A,                # OUT (N, D)
+    const floating* Z,          # IN  (N, D)
+    const floating* b,          # IN  (D,)
+    Py_ssize_t N, Py_ssize_t D, int activation, double slope,
+) noexcept nogil
+
+cdef void bias_activation_backward(
+    floating* dZ,               # OUT (N, D)
+    floating* db,               # OUT (D,)
+    const floating* dA,         # IN  (N, D)
+    const floating* A,          # IN  (N, D)
+    Py_ssize_t N, Py_ssize_t D, int activation, double slope,
+) noexcept nogil

@@ -1,0 +1,46 @@
+# Batch normalization fused with the activation that follows it.
+# Shapes: N rows (examples), D units; 2-D buffers are C-contiguous (N, D).
+from cython cimport floating
+
+
+cdef void batchnorm_activation_forward(
+    floating* A,                # OUT (N, D)  g(gamma * Zhat + beta)
+    double* mean,               # OUT (D,)    batch mean
+    double* var,                # OUT (D,)    biased batch variance
+    double* rstd,               # OUT (D,)    1 / sqrt(var + eps)
+    const floating* Z,          # IN  (N, D)
+    const floating* gamma,      # IN  (D,)
+    const floating* beta,       # IN  (D,)
+    Py_ssize_t N, Py_ssize_t D, double eps, int activation, double slope,
+) noexcept nogil
+
+cdef void batchnorm_activation_backward(
+    floating* dZ,               # OUT (N, D)
+    floating* dgamma,           # OUT (D,)
+    floating* dbeta,            # OUT (D,)
+    const floating* dA,         # IN  (N, D)
+    const floating* A,          # IN  (N, D)  forward output
+    const floating* Z,          # IN  (N, D)  forward input
+    const floating* gamma,      # IN  (D,)
+    const double* mean,         # IN  (D,)    cached by forward
+    const double* rstd,         # IN  (D,)    cached by forward
+    Py_ssize_t N, Py_ssize_t D, int activation, double slope,
+) noexcept nogil
+
+cdef void batchnorm_activation_inference(
+    floating* A,                # OUT (N, D)
+    const floating* Z,          # IN  (N, D)
+    const floating* gamma,      # IN  (D,)
+    const floating* beta,       # IN  (D,)
+    const floating* running_mean,   # IN (D,)
+    const floating* running_var,    # IN (D,)
+    Py_ssize_t N, Py_ssize_t D, double eps, int activation, double slope,
+) noexcept nogil
+
+cdef void batchnorm_update_running(
+    floating* running_mean,     # IN/OUT (D,)
+    floating* running_var,      # IN/OUT (D,)
+    const double* mean,         # IN (D,)  batch mean
+    const double* var,          # IN (D,)  biased batch variance
+    Py_ssize_t N, Py_ssize_t D, double momentum,
+) noexcept nogil

@@ -1,0 +1,311 @@
+"""Python face of the kernels: typed-memoryview wrappers that release the GIL.
+
+Each wrapper checks only that its arrays agree in shape (cheap, O(1)), because the C
+kernels run without bounds checks; everything else about user input (dtype, finiteness,
+ranges) is validated once in cbn._validation. Outputs come first, then inputs, then
+scalars, as in the C kernels (see the .pxd files for the C-level signatures).
+"""
+from cython cimport floating
+
+from cbn cimport _activations, _batchnorm, _losses, _optim
+
+ACTIVATIONS = {
+    "linear": _activations.ACT_LINEAR,
+    "relu": _activations.ACT_RELU,
+    "leaky_relu": _activations.ACT_LEAKY_RELU,
+    "tanh": _activations.ACT_TANH,
+    "sigmoid": _activations.ACT_SIGMOID,
+}
+
+
+cdef inline int _require(bint ok, str what) except -1:
+    if not ok:
+        raise ValueError(f"kernel arguments disagree: {what}")
+    return 0
+
+
+cdef inline int _require_activation(int activation, double slope) except -1:
+    if activation < _activations.ACT_LINEAR or activation > _activations.ACT_SIGMOID:
+        raise ValueError(f"activation: expected a code in 0..4, got {activation}")
+    if activation == _activations.ACT_LEAKY_RELU and not slope >= 0.0:
+        raise ValueError(f"slope: expected >= 0 for leaky_relu, got {slope}")
+    return 0
+
+
+def bias_activation_forward(
+    floating[:, ::1] A not None,            # OUT (N, D)
+    const floating[:, ::1] Z not None,      # IN  (N, D)
+    const floating[::1] b not None,         # IN  (D,)
+    int activation, double slope=0.0,
+):
+    """A = g(Z + b)."""
+    cdef Py_ssize_t N = Z.shape[0], D = Z.shape[1]
+    _require(A.shape[0] == N and A.shape[1] == D, "A must have Z's shape")
+    _require(b.shape[0] == D, "b must have Z.shape[1] entries")
+    _require_activation(activation, slope)
+    if N == 0 or D == 0:
+        return
+    with nogil:
+        _activations.bias_activation_forward(&A[0, 0], &Z[0, 0], &b[0], N, D, activation, slope)
+
+
+def bias_activation_backward(
+    floating[:, ::1] dZ not None,           # OUT (N, D)
+    floating[::1] db not None,              # OUT (D,)
+    const floating[:, ::1] dA not None,     # IN  (N, D)
+    const floating[:, ::1] A not None,      # IN  (N, D)
+    int activation, double slope=0.0,
+):
+    """dZ = dA * g'(Z + b) (through A); db = dZ.sum(axis=0)."""
+    cdef Py_ssize_t N = A.shape[0], D = A.shape[1]
+    _require(dZ.shape[0] == N and dZ.shape[1] == D, "dZ must have A's shape")
+    _require(dA.shape[0] == N and dA.shape[1] == D, "dA must have A's shape")
+    _require(db.shape[0] == D, "db must have A.shape[1] entries")
+    _require_activation(activation, slope)
+    if D == 0:
+        return
+    if N == 0:
+        db[:] = 0
+        return
+    with nogil:
+        _activations.bias_activation_backward(
+            &dZ[0, 0], &db[0], &dA[0, 0], &A[0, 0], N, D, activation, slope)
+
+
+def batchnorm_activation_forward(
+    floating[:, ::1] A not None,            # OUT (N, D)
+    double[::1] mean not None,              # OUT (D,)
+    double[::1] var not None,               # OUT (D,)
+    double[::1] rstd not None,              # OUT (D,)
+    const floating[:, ::1] Z not None,      # IN  (N, D)
+    const floating[::1] gamma not None,     # IN  (D,)
+    const floating[::1] beta not None,      # IN  (D,)
+    double eps, int activation, double slope=0.0,
+):
+    """Training-mode A = g(gamma * (Z - mean) / sqrt(var + eps) + beta) with batch statistics."""
+    cdef Py_ssize_t N = Z.shape[0], D = Z.shape[1]
+    _require(N >= 1, "Z needs at least one row")
+    _require(A.shape[0] == N and A.shape[1] == D, "A must have Z's shape")
+    _require(mean.shape[0] == D and var.shape[0] == D and rstd.shape[0] == D,
+             "mean, var and rstd must have Z.shape[1] entries")
+    _require(gamma.shape[0] == D and beta.shape[0] == D,
+             "gamma and beta must have Z.shape[1] entries")
+    _require(eps >= 0.0, "eps must be >= 0")
+    _require_activation(activation, slope)
+    if D == 0:
+        return
+    with nogil:
+        _batchnorm.batchnorm_activation_forward(
+            &A[0, 0], &mean[0], &var[0], &rstd[0], &Z[0, 0], &gamma[0], &beta[0],
+            N, D, eps, activation, slope)
+
+
+def batchnorm_activation_backward(
+    floating[:, ::1] dZ not None,           # OUT (N, D)
+    floating[::1] dgamma not None,          # OUT (D,)
+    floating[::1] dbeta not None,           # OUT (D,)
+    const floating[:, ::1] dA not None,     # IN  (N, D)
+    const floating[:, ::1] A not None,      # IN  (N, D)
+    const floating[:, ::1] Z not None,      # IN  (N, D)
+    const floating[::1] gamma not None,     # IN  (D,)
+    const double[::1] mean not None,        # IN  (D,)
+    const double[::1] rstd not None,        # IN  (D,)
+    int activation, double slope=0.0,
+):
+    """dZ, dgamma, dbeta of training-mode batch norm + activation, from dA."""
+    cdef Py_ssize_t N = Z.shape[0], D = Z.shape[1]
+    _require(N >= 1, "Z needs at least one row")
+    for name, arr in (("dZ", dZ), ("dA", dA), ("A", A)):
+        _require(arr.shape[0] == N and arr.shape[1] == D, f"{name} must have Z's shape")
+    for name, vec in (("dgamma", dgamma), ("dbeta", dbeta), ("gamma", gamma),
+                      ("mean", mean), ("rstd", rstd)):
+        _require(vec.shape[0] == D, f"{name} must have Z.shape[1] entries")
+    _require_activation(activation, slope)
+    if D == 0:
+        return
+    with nogil:
+        _batchnorm.batchnorm_activation_backward(
+            &dZ[0, 0], &dgamma[0], &dbeta[0], &dA[0, 0], &A[0, 0], &Z[0, 0], &gamma[0],
+            &mean[0], &rstd[0], N, D, activation, slope)
+
+
+def batchnorm_activation_inference(
+    floating[:, ::1] A not None,                # OUT (N, D)
+    const floating[:, ::1] Z not None,          # IN  (N, D)
+    const floating[::1] gamma not None,         # IN  (D,)
+    const floating[::1] beta not None,          # IN  (D,)
+    const floating[::1] running_mean not None,  # IN  (D,)
+    const floating[::1] running_var not None,   # IN  (D,)
+    double eps, int activation, double slope=0.0,
+):
+    """Inference-mode batch norm + activation with the running statistics."""
+    cdef Py_ssize_t N = Z.shape[0], D = Z.shape[1]
+    _require(A.shape[0] == N and A.shape[1] == D, "A must have Z's shape")
+    for name, vec in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+                      ("running_var", running_var)):
+        _require(vec.shape[0] == D, f"{name} must have Z.shape[1] entries")
+    _require(eps >= 0.0, "eps must be >= 0")
+    _require_activation(activation, slope)
+    if N == 0 or D == 0:
+        return
+    with nogil:
+        _batchnorm.batchnorm_activation_inference(
+            &A[0, 0], &Z[0, 0], &gamma[0], &beta[0], &running_mean[0], &running_var[0],
+            N, D, eps, activation, slope)
+
+
+def batchnorm_update_running(
+    floating[::1] running_mean not None,    # IN/OUT (D,)
+    floating[::1] running_var not None,     # IN/OUT (D,)
+    const double[::1] mean not None,        # IN (D,)
+    const double[::1] var not None,         # IN (D,)
+    Py_ssize_t N, double momentum,
+):
+    """running = (1 - momentum) * running + momentum * batch; the variance unbiased (N/(N-1))."""
+    cdef Py_ssize_t D = running_mean.shape[0]
+    _require(N >= 2, "the batch statistics need N >= 2 rows")
+    for name, vec in (("running_var", running_var), ("mean", mean), ("var", var)):
+        _require(vec.shape[0] == D, f"{name} must have running_mean's length")
+    _require(0.0 <= momentum <= 1.0, "momentum must be in [0, 1]")
+    if D == 0:
+        return
+    with nogil:
+        _batchnorm.batchnorm_update_running(
+            &running_mean[0], &running_var[0], &mean[0], &var[0], N, D, momentum)
+
+
+cdef inline int _require_output_shapes(dZ, Z, b, N, K) except -1:
+    _require(N >= 1 and K >= 1, "Z needs at least one row and one column")
+    _require(dZ.shape[0] == N and dZ.shape[1] == K, "the output must have Z's shape")
+    _require(b.shape[0] == K, "b must have Z.shape[1] entries")
+    return 0
+
+
+def softmax_cross_entropy(
+    floating[:, ::1] dZ not None,           # OUT (N, K)
+    const floating[:, ::1] Z not None,      # IN  (N, K)
+    const floating[::1] b not None,         # IN  (K,)
+    const Py_ssize_t[::1] labels not None,  # IN  (N,)
+):
+    """Return the mean cross-entropy of softmax(Z + b) against labels; write its gradient dZ."""
+    cdef Py_ssize_t N = Z.shape[0], K = Z.shape[1], i
+    cdef double loss
+    _require_output_shapes(dZ, Z, b, N, K)
+    _require(labels.shape[0] == N, "labels must have one entry per row of Z")
+    for i in range(N):
+        _require(0 <= labels[i] < K, "labels must lie in [0, Z.shape[1])")
+    with nogil:
+        loss = _losses.softmax_cross_entropy(&dZ[0, 0], &Z[0, 0], &b[0], &labels[0], N, K)
+    return loss
+
+
+def softmax_forward(
+    floating[:, ::1] P not None,            # OUT (N, K)
+    const floating[:, ::1] Z not None,      # IN  (N, K)
+    const floating[::1] b not None,         # IN  (K,)
+):
+    """P = softmax(Z + b) row by row."""
+    cdef Py_ssize_t N = Z.shape[0], K = Z.shape[1]
+    _require_output_shapes(P, Z, b, N, K)
+    with nogil:
+        _losses.softmax_forward(&P[0, 0], &Z[0, 0], &b[0], N, K)
+
+
+def sigmoid_binary_cross_entropy(
+    floating[:, ::1] dZ not None,           # OUT (N, K)
+    const floating[:, ::1] Z not None,      # IN  (N, K)
+    const floating[::1] b not None,         # IN  (K,)
+    const floating[:, ::1] Y not None,      # IN  (N, K)
+):
+    """Return the mean binary cross-entropy of sigmoid(Z + b) against Y; write dZ."""
+    cdef Py_ssize_t N = Z.shape[0], K = Z.shape[1]
+    cdef double loss
+    _require_output_shapes(dZ, Z, b, N, K)
+    _require(Y.shape[0] == N and Y.shape[1] == K, "Y must have Z's shape")
+    with nogil:
+        loss = _losses.sigmoid_binary_cross_entropy(&dZ[0, 0], &Z[0, 0], &b[0], &Y[0, 0], N, K)
+    return loss
+
+
+def mean_squared_error(
+    floating[:, ::1] dZ not None,           # OUT (N, K)
+    const floating[:, ::1] Z not None,      # IN  (N, K)
+    const floating[::1] b not None,         # IN  (K,)
+    const floating[:, ::1] Y not None,      # IN  (N, K)
+):
+    """Return the mean squared error of Z + b against Y; write dZ."""
+    cdef Py_ssize_t N = Z.shape[0], K = Z.shape[1]
+    cdef double loss
+    _require_output_shapes(dZ, Z, b, N, K)
+    _require(Y.shape[0] == N and Y.shape[1] == K, "Y must have Z's shape")
+    with nogil:
+        loss = _losses.mean_squared_error(&dZ[0, 0], &Z[0, 0], &b[0], &Y[0, 0], N, K)
+    return loss
+
+
+def sgd_update(
+    floating[::1] param not None,           # IN/OUT (n,)
+    const floating[::1] grad not None,      # IN     (n,)
+    double lr,
+):
+    """param -= lr * grad."""
+    cdef Py_ssize_t n = param.shape[0]
+    _require(grad.shape[0] == n, "grad must have param's length")
+    if n == 0:
+        return
+    with nogil:
+        _optim.sgd_update(&param[0], &grad[0], n, lr)
+
+
+def momentum_update(
+    floating[::1] param not None,           # IN/OUT (n,)
+    floating[::1] velocity not None,        # IN/OUT (n,)
+    const floating[::1] grad not None,      # IN     (n,)
+    double lr, double beta,
+):
+    """velocity = beta * velocity + (1 - beta) * grad; param -= lr * velocity."""
+    cdef Py_ssize_t n = param.shape[0]
+    _require(grad.shape[0] == n and velocity.shape[0] == n,
+             "grad and velocity must have param's length")
+    if n == 0:
+        return
+    with nogil:
+        _optim.momentum_update(&param[0], &velocity[0], &grad[0], n, lr, beta)
+
+
+def rmsprop_update(
+    floating[::1] param not None,           # IN/OUT (n,)
+    floating[::1] sq_avg not None,          # IN/OUT (n,)
+    const floating[::1] grad not None,      # IN     (n,)
+    double lr, double beta, double eps,
+):
+    """sq_avg = beta * sq_avg + (1 - beta) * grad**2; param -= lr * grad / (sqrt(sq_avg) + eps)."""
+    cdef Py_ssize_t n = param.shape[0]
+    _require(grad.shape[0] == n and sq_avg.shape[0] == n,
+             "grad and sq_avg must have param's length")
+    if n == 0:
+        return
+    with nogil:
+        _optim.rmsprop_update(&param[0], &sq_avg[0], &grad[0], n, lr, beta, eps)
+
+
+def adam_update(
+    floating[::1] param not None,           # IN/OUT (n,)
+    floating[::1] m not None,               # IN/OUT (n,)
+    floating[::1] v not None,               # IN/OUT (n,)
+    const floating[::1] grad not None,      # IN     (n,)
+    double lr, double beta1, double beta2, double eps, long long t,
+):
+    """Adam step number t (from 1) with bias correction."""
+    cdef Py_ssize_t n = param.shape[0]
+    _require(grad.shape[0] == n and m.shape[0] == n and v.shape[0] == n,
+             "grad, m and v must have param's length")
+    _require(t >= 1, "t counts steps from 1")
+    # once per step, not per element
+    cdef double bias_correction1 = 1.0 - beta1 ** t
+    cdef double bias_correction2 = 1.0 - beta2 ** t
+    if n == 0:
+        return
+    with nogil:
+        _optim.adam_update(&param[0], &m[0], &v[0], &grad[0], n, lr, beta1, beta2, eps,
+                           bias_correction1, bias_correction2)

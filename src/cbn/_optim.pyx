@@ -1,0 +1,76 @@
+"""Optimizer updates: one pass over a flat parameter buffer, arithmetic in double.
+
+The formulas are those of the deeplearning.ai lecture, and PyTorch's where they agree:
+    SGD:      p -= lr * g
+    Momentum: v = beta * v + (1 - beta) * g;  p -= lr * v            (EMA form)
+    RMSprop:  s = beta * s + (1 - beta) * g**2;  p -= lr * g / (sqrt(s) + eps)
+    Adam:     m = b1 * m + (1 - b1) * g;  v = b2 * v + (1 - b2) * g**2
+              p -= lr * (m / bc1) / (sqrt(v / bc2) + eps),  bc1 = 1 - b1**t, bc2 = 1 - b2**t
+Step-dependent scalars (bc1, bc2) are computed by the caller, once per step.
+Reference: Kingma & Ba (2015), arXiv:1412.6980, Algorithm 1.
+"""
+from cython cimport floating
+from libc.math cimport sqrt
+
+
+cdef void sgd_update(
+    floating* param,            # IN/OUT (n,)
+    const floating* grad,       # IN     (n,)
+    Py_ssize_t n, double lr,
+) noexcept nogil:
+    """param -= lr * grad."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        param[i] = <floating>(param[i] - lr * grad[i])
+
+
+cdef void momentum_update(
+    floating* param,            # IN/OUT (n,)
+    floating* velocity,         # IN/OUT (n,)
+    const floating* grad,       # IN     (n,)
+    Py_ssize_t n, double lr, double beta,
+) noexcept nogil:
+    """velocity = beta * velocity + (1 - beta) * grad; param -= lr * velocity."""
+    cdef Py_ssize_t i
+    cdef double v
+    for i in range(n):
+        v = beta * velocity[i] + (1.0 - beta) * grad[i]
+        velocity[i] = <floating>v
+        param[i] = <floating>(param[i] - lr * v)
+
+
+cdef void rmsprop_update(
+    floating* param,            # IN/OUT (n,)
+    floating* sq_avg,           # IN/OUT (n,)
+    const floating* grad,       # IN     (n,)
+    Py_ssize_t n, double lr, double beta, double eps,
+) noexcept nogil:
+    """sq_avg = beta * sq_avg + (1 - beta) * grad**2; param -= lr * grad / (sqrt(sq_avg) + eps)."""
+    cdef Py_ssize_t i
+    cdef double g, s
+    for i in range(n):
+        g = grad[i]
+        s = beta * sq_avg[i] + (1.0 - beta) * g * g
+        sq_avg[i] = <floating>s
+        param[i] = <floating>(param[i] - lr * g / (sqrt(s) + eps))
+
+
+cdef void adam_update(
+    floating* param,            # IN/OUT (n,)
+    floating* m,                # IN/OUT (n,)
+    floating* v,                # IN/OUT (n,)
+    const floating* grad,       # IN     (n,)
+    Py_ssize_t n, double lr, double beta1, double beta2, double eps,
+    double bias_correction1, double bias_correction2,
+) noexcept nogil:
+    """Adam with bias correction; bias_correction1 = 1 - beta1**t, bias_correction2 = 1 - beta2**t."""
+    cdef Py_ssize_t i
+    cdef double g, m_i, v_i
+    for i in range(n):
+        g = grad[i]
+        m_i = beta1 * m[i] + (1.0 - beta1) * g
+        v_i = beta2 * v[i] + (1.0 - beta2) * g * g
+        m[i] = <floating>m_i
+        v[i] = <floating>v_i
+        param[i] = <floating>(param[i] - lr * (m_i / bias_correction1)
+                              / (sqrt(v_i / bias_correction2) + eps))

@@ -1,0 +1,656 @@
+"""Network: layers, forward/backward orchestration, fit/predict, save/load.
+
+Every parameter lives in one flat C-contiguous buffer and every gradient in a mirror of it,
+so an optimizer step is one kernel call; each layer's W, b, gamma, beta are views into it.
+Per batch size, the work buffers of a training step are allocated once and reused.
+"""
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from cbn import _kernels
+from cbn import _validation as check
+from cbn.optimizers import OPTIMIZERS, make_optimizer
+
+FORMAT_NAME = "cbn.Network"
+FORMAT_VERSION = 1
+# Inference runs in chunks of this many rows, so its buffers stay small for any X.
+INFERENCE_CHUNK = 4096
+# Work buffers are kept for this many batch sizes (typically the batch and the last, odd one).
+MAX_WORKSPACES = 4
+
+
+class Layer:
+    """One fully-connected layer. Its arrays are views into the network's flat buffers.
+
+    Attributes
+    ----------
+    W : ndarray of shape (n_out, n_in)
+    b : ndarray of shape (n_out,), or None on a batch-norm layer (beta replaces it)
+    gamma, beta : ndarray of shape (n_out,), or None without batch norm
+    running_mean, running_var : ndarray of shape (n_out,), or None without batch norm
+    activation : str
+        The activation g of a hidden layer; the output function of the last layer.
+
+    The arrays are writable in place (``layer.W[...] = values``); rebinding them is refused,
+    because training updates the buffers they view.
+    """
+
+    __slots__ = ("index", "n_in", "n_out", "activation", "batchnorm",
+                 "W", "b", "gamma", "beta", "running_mean", "running_var")
+
+    def __init__(self, index, n_in, n_out, activation, batchnorm, arrays):
+        values = dict(index=index, n_in=n_in, n_out=n_out, activation=activation,
+                      batchnorm=batchnorm, b=None, gamma=None, beta=None,
+                      running_mean=None, running_var=None)
+        values.update(arrays)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(
+            f"Layer.{name} cannot be rebound; assign in place instead, e.g. layer.{name}[...] = values")
+
+    def __repr__(self):
+        kind = "batchnorm+" if self.batchnorm else ""
+        return f"Layer({self.index}: {self.n_in} -> {self.n_out}, {kind}{self.activation})"
+
+
+class History(dict):
+    """What ``fit`` records per epoch: lists under 'loss', 'accuracy' (softmax and sigmoid
+    outputs), 'val_loss', 'val_accuracy' (with validation data) and 'time' (seconds)."""
+
+    @property
+    def epochs(self):
+        """Number of epochs recorded."""
+        return len(self.get("loss", ()))
+
+
+class _Workspace:
+    """The arrays one training step writes, for one batch size m."""
+
+    def __init__(self, layer_sizes, m, dtype):
+        hidden = layer_sizes[1:-1]
+        self.Z = [np.empty((m, n), dtype) for n in layer_sizes[1:]]   # W·A, output layer last
+        self.A = [np.empty((m, n), dtype) for n in hidden]            # activations
+        self.G = [np.empty((m, n), dtype) for n in hidden]            # dA, overwritten by dZ
+        self.dZ_out = np.empty((m, layer_sizes[-1]), dtype)
+
+
+class Network:
+    """A fully-connected network with batch normalization, trained by mini-batch descent.
+
+    Each hidden layer computes ``Z = A_prev @ W.T`` (no bias: beta takes its role),
+    normalizes Z over the batch, applies ``gamma * Zhat + beta`` and then the activation.
+    The output layer computes ``A_prev @ W.T + b`` followed by the output function, whose
+    loss is PyTorch's default: cross-entropy (softmax), binary cross-entropy from logits
+    (sigmoid) or mean squared error (linear), each a mean over the batch.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        ``[n_x, hidden sizes..., n_out]``, each >= 1.
+    activation : {'relu', 'leaky_relu', 'tanh', 'sigmoid', 'linear'}, default='relu'
+        Activation of the hidden layers.
+    output : {'softmax', 'sigmoid', 'linear'}, default='softmax'
+        Output function; it fixes the loss and the targets ``y``: class indices in
+        [0, n_out) for softmax, values in [0, 1] for sigmoid, real values for linear.
+    batchnorm : bool, default=True
+        Batch norm on every hidden layer. Without it, hidden layers get a bias b.
+    optimizer : str or Optimizer, default='adam'
+        'sgd', 'momentum', 'rmsprop', 'adam' (default hyper-parameters) or an instance such
+        as ``cbn.Adam(lr=1e-3)``. The instance becomes this network's ``optimizer``.
+    dtype : {'float32', 'float64'}, default='float32'
+        Dtype of parameters and computation; inputs are converted to it once.
+    bn_momentum : float, default=0.1
+        Weight of the new batch in the running statistics (PyTorch's convention):
+        ``running = (1 - bn_momentum) * running + bn_momentum * batch``, in [0, 1].
+    bn_eps : float, default=1e-5
+        Added to the variance inside the square root, > 0.
+    negative_slope : float, default=0.01
+        Slope of leaky_relu for negative inputs, in [0, 1).
+    seed : int or None, default=None
+        Seeds the ``numpy.random.Generator`` used for initialization and shuffling.
+    """
+
+    def __init__(self, layer_sizes, *, activation="relu", output="softmax", batchnorm=True,
+                 optimizer="adam", dtype="float32", bn_momentum=0.1, bn_eps=1e-5,
+                 negative_slope=0.01, seed=None):
+        self.layer_sizes = check.check_layer_sizes(layer_sizes)
+        self.activation = check.check_choice("activation", activation, check.ACTIVATIONS)
+        self.output = check.check_choice("output", output, check.OUTPUTS)
+        if not isinstance(batchnorm, (bool, np.bool_)):
+            raise TypeError(f"batchnorm: expected True or False, got {batchnorm!r}")
+        self.batchnorm = bool(batchnorm)
+        self.dtype = check.check_dtype(dtype)
+        self.bn_momentum = check.check_float("bn_momentum", bn_momentum, 0.0, 1.0)
+        self.bn_eps = check.check_positive("bn_eps", bn_eps)
+        self.negative_slope = check.check_float(
+            "negative_slope", negative_slope, 0.0, 1.0, high_open=True)
+        self.seed = check.check_seed(seed)
+        if self.output == "softmax" and self.layer_sizes[-1] < 2:
+            raise ValueError(
+                f"layer_sizes: a softmax output needs at least 2 classes, got {self.layer_sizes[-1]}")
+        optimizer = make_optimizer(optimizer)
+
+        self._activation_code = _kernels.ACTIVATIONS[self.activation]
+        self._rng = np.random.default_rng(self.seed)
+        self._build_buffers()
+        self._initialize()
+        optimizer._bind(self, self._params.size, self.dtype)
+        self.optimizer = optimizer
+        self._workspaces = {}
+
+    # ------------------------------------------------------------------ structure
+
+    def _layout(self):
+        """Yield (layer index, name, shape) of every parameter, in flat-buffer order."""
+        n_layers = len(self.layer_sizes) - 1
+        for l, (n_in, n_out) in enumerate(zip(self.layer_sizes[:-1], self.layer_sizes[1:])):
+            yield l, "W", (n_out, n_in)
+            if l < n_layers - 1 and self.batchnorm:
+                yield l, "gamma", (n_out,)
+                yield l, "beta", (n_out,)
+            else:
+                yield l, "b", (n_out,)
+
+    def _build_buffers(self):
+        layout = list(self._layout())
+        total = sum(math.prod(shape) for _, _, shape in layout)
+        self._params = np.zeros(total, dtype=self.dtype)
+        self._grads = np.zeros(total, dtype=self.dtype)
+        self._param_views, self._grad_views = {}, {}
+        offset = 0
+        for l, name, shape in layout:
+            size = math.prod(shape)
+            key = f"{l}.{name}"
+            self._param_views[key] = self._params[offset:offset + size].reshape(shape)
+            self._grad_views[key] = self._grads[offset:offset + size].reshape(shape)
+            offset += size
+
+        hidden = self.layer_sizes[1:-1]
+        # running mean and var of every batch-norm layer, in one buffer so save/load is simple
+        self._running = np.zeros(2 * sum(hidden) if self.batchnorm else 0, dtype=self.dtype)
+        # per batch-norm layer, the forward's cached mean, var, rstd (always double)
+        self._bn_cache = []
+        self.layers = []
+        offset = 0
+        n_layers = len(self.layer_sizes) - 1
+        for l in range(n_layers):
+            n_in, n_out = self.layer_sizes[l], self.layer_sizes[l + 1]
+            hidden_layer = l < n_layers - 1
+            arrays = {name: self._param_views[f"{l}.{name}"]
+                      for name in ("W", "b", "gamma", "beta") if f"{l}.{name}" in self._param_views}
+            if hidden_layer and self.batchnorm:
+                arrays["running_mean"] = self._running[offset:offset + n_out]
+                arrays["running_var"] = self._running[offset + n_out:offset + 2 * n_out]
+                offset += 2 * n_out
+                self._bn_cache.append(tuple(np.zeros(n_out) for _ in range(3)))
+            activation = self.activation if hidden_layer else self.output
+            self.layers.append(Layer(l, n_in, n_out, activation, hidden_layer and self.batchnorm, arrays))
+
+    def _initialize(self):
+        """He normal for relu-like layers, Glorot normal otherwise; gamma 1, beta 0, b 0."""
+        for layer in self.layers:
+            hidden = layer is not self.layers[-1]
+            if hidden and self.activation in ("relu", "leaky_relu"):
+                std = math.sqrt(2.0 / layer.n_in)
+            else:
+                std = math.sqrt(2.0 / (layer.n_in + layer.n_out))
+            # drawn in float64 for every dtype, so float32 and float64 nets start alike
+            layer.W[...] = self._rng.standard_normal(layer.W.shape) * std
+            if layer.batchnorm:
+                layer.gamma[...] = 1.0
+                layer.beta[...] = 0.0
+                layer.running_mean[...] = 0.0
+                layer.running_var[...] = 1.0
+            else:
+                layer.b[...] = 0.0
+
+    @property
+    def n_params(self):
+        """Number of trainable parameters."""
+        return self._params.size
+
+    def parameters(self):
+        """Trainable arrays by name ('0.W', '0.gamma', '0.beta', ..., 'L.W', 'L.b').
+
+        The arrays are the live views that training updates; write them in place.
+        """
+        return dict(self._param_views)
+
+    def __repr__(self):
+        return (f"Network({list(self.layer_sizes)}, activation={self.activation!r}, "
+                f"output={self.output!r}, batchnorm={self.batchnorm}, "
+                f"optimizer={self.optimizer!r}, dtype={np.dtype(self.dtype).name!r})")
+
+    # ------------------------------------------------------------------ validation
+
+    @property
+    def _min_train_rows(self):
+        has_bn = self.batchnorm and len(self.layer_sizes) > 2
+        return 2 if has_bn else 1
+
+    def _check_batch(self, X, y, *, min_rows=1, x_name="X", y_name="y"):
+        X = check.check_features(x_name, X, self.layer_sizes[0], self.dtype, min_rows)
+        targets = check.check_targets(
+            y_name, y, self.output, self.layer_sizes[-1], X.shape[0], self.dtype)
+        return X, targets
+
+    # ------------------------------------------------------------------ training
+
+    def _workspace(self, m):
+        ws = self._workspaces.get(m)
+        if ws is None:
+            if len(self._workspaces) >= MAX_WORKSPACES:
+                self._workspaces.pop(next(iter(self._workspaces)))
+            ws = self._workspaces[m] = _Workspace(self.layer_sizes, m, self.dtype)
+        return ws
+
+    def _loss(self, dZ, Z, b, targets):
+        if self.output == "softmax":
+            return _kernels.softmax_cross_entropy(dZ, Z, b, targets)
+        if self.output == "sigmoid":
+            return _kernels.sigmoid_binary_cross_entropy(dZ, Z, b, targets)
+        return _kernels.mean_squared_error(dZ, Z, b, targets)
+
+    def _forward_backward(self, X, targets, ws, input_gradient=False):
+        """Training-mode forward and backward on a validated batch; fills self._grads.
+
+        Returns the loss (and dX when input_gradient). Running statistics are not touched.
+        """
+        code, slope, grads = self._activation_code, self.negative_slope, self._grad_views
+        hidden, out = self.layers[:-1], self.layers[-1]
+        A_prev = X
+        for l, layer in enumerate(hidden):
+            Z = ws.Z[l]
+            np.matmul(A_prev, layer.W.T, out=Z)
+            if layer.batchnorm:
+                mean, var, rstd = self._bn_cache[l]
+                _kernels.batchnorm_activation_forward(
+                    ws.A[l], mean, var, rstd, Z, layer.gamma, layer.beta, self.bn_eps, code, slope)
+            else:
+                _kernels.bias_activation_forward(ws.A[l], Z, layer.b, code, slope)
+            A_prev = ws.A[l]
+        np.matmul(A_prev, out.W.T, out=ws.Z[-1])
+        loss = self._loss(ws.dZ_out, ws.Z[-1], out.b, targets)
+
+        # backward: dZ of the output layer comes from the loss kernel
+        dZ = ws.dZ_out
+        L = len(self.layers) - 1
+        np.sum(dZ, axis=0, out=grads[f"{L}.b"])
+        dX = None
+        for l in range(L, -1, -1):
+            layer = self.layers[l]
+            if l < L:  # hidden: ws.G[l] holds dA; the kernel overwrites it with dZ
+                dZ = ws.G[l]
+                if layer.batchnorm:
+                    mean, var, rstd = self._bn_cache[l]
+                    _kernels.batchnorm_activation_backward(
+                        dZ, grads[f"{l}.gamma"], grads[f"{l}.beta"], dZ, ws.A[l], ws.Z[l],
+                        layer.gamma, mean, rstd, code, slope)
+                else:
+                    _kernels.bias_activation_backward(
+                        dZ, grads[f"{l}.b"], dZ, ws.A[l], code, slope)
+            A_prev = ws.A[l - 1] if l > 0 else X
+            np.matmul(dZ.T, A_prev, out=grads[f"{l}.W"])      # dW = dZ.T @ A_prev
+            if l > 0:
+                np.matmul(dZ, layer.W, out=ws.G[l - 1])        # dA_prev = dZ @ W
+            elif input_gradient:
+                dX = dZ @ layer.W
+        return (loss, dX) if input_gradient else loss
+
+    def _update_running_stats(self, m):
+        for layer, (mean, var, _) in zip(self.layers, self._bn_cache):
+            _kernels.batchnorm_update_running(
+                layer.running_mean, layer.running_var, mean, var, m, self.bn_momentum)
+
+    def _step(self, X, targets):
+        """One training step on a validated batch; returns the loss.
+
+        If the loss or the gradients are not finite, nothing is changed and
+        FloatingPointError is raised.
+        """
+        loss = self._forward_backward(X, targets, self._workspace(X.shape[0]))
+        # a NaN or inf anywhere in the gradients makes their sum non-finite
+        if not (math.isfinite(loss) and math.isfinite(np.add.reduce(self._grads))):
+            raise FloatingPointError(
+                f"training diverged at optimizer step {self.optimizer.t + 1}: the loss or a "
+                f"gradient is not finite (loss = {loss}). The network keeps its state from "
+                f"before this step; try a smaller learning rate.")
+        self._update_running_stats(X.shape[0])
+        self.optimizer.step(self._params, self._grads)
+        return loss
+
+    def loss_and_gradients(self, X, y, *, input_gradient=False):
+        """Training-mode loss and gradients on one batch; changes nothing.
+
+        Neither the running statistics nor the parameters nor the optimizer move, which
+        makes this the call for finite-difference checks.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like
+            Targets, see the class docstring.
+        input_gradient : bool, default=False
+            Also return the gradient w.r.t. X under the key 'X'.
+
+        Returns
+        -------
+        loss : float
+        grads : dict of str to ndarray
+            Keyed like :meth:`parameters`; fresh copies.
+        """
+        X, targets = self._check_batch(X, y, min_rows=self._min_train_rows)
+        ws = self._workspace(X.shape[0])
+        result = self._forward_backward(X, targets, ws, input_gradient=input_gradient)
+        loss = result[0] if input_gradient else result
+        grads = {key: view.copy() for key, view in self._grad_views.items()}
+        if input_gradient:
+            grads["X"] = result[1]
+        return loss, grads
+
+    def train_step(self, X, y):
+        """One mini-batch step: forward, backward, running statistics, optimizer update.
+
+        Returns the batch loss (before the update). With batch norm, X needs >= 2 rows.
+        """
+        X, targets = self._check_batch(X, y, min_rows=self._min_train_rows)
+        return self._step(X, targets)
+
+    @staticmethod
+    def _batch_bounds(m, batch_size):
+        """(start, stop) of each batch; a 1-row remainder joins the batch before it."""
+        starts = list(range(0, m, batch_size))
+        stops = starts[1:] + [m]
+        if len(starts) > 1 and stops[-1] - starts[-1] == 1:
+            starts.pop()
+            stops.pop(-2)
+        return list(zip(starts, stops))
+
+    def _correct_count(self, ws, targets):
+        """Correct predictions of the last training forward (before the update)."""
+        logits = ws.dZ_out  # free once backward has run
+        np.add(ws.Z[-1], self.layers[-1].b, out=logits)
+        if self.output == "softmax":
+            return int(np.count_nonzero(logits.argmax(axis=1) == targets))
+        return int(np.count_nonzero((logits > 0) == (targets > 0.5)))
+
+    def fit(self, X, y, *, epochs=10, batch_size=32, shuffle=True, validation_data=None,
+            verbose=0):
+        """Train with mini-batch gradient descent.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like
+            Targets, see the class docstring.
+        epochs : int, default=10
+            Passes over the data.
+        batch_size : int, default=32
+            Rows per step; a 1-row remainder joins the batch before it, so no step sees a
+            single row.
+        shuffle : bool, default=True
+            Reshuffle the rows every epoch (with the network's seeded generator).
+        validation_data : (X_val, y_val), optional
+            Evaluated in inference mode after every epoch.
+        verbose : int, default=0
+            0 is silent; 1 or more prints one line per epoch.
+
+        Returns
+        -------
+        History
+            Per-epoch 'loss', 'accuracy', 'val_loss', 'val_accuracy', 'time'.
+        """
+        epochs = check.check_int("epochs", epochs, 1)
+        batch_size = check.check_int("batch_size", batch_size, self._min_train_rows)
+        verbose = check.check_int("verbose", verbose, 0)
+        X, targets = self._check_batch(X, y, min_rows=self._min_train_rows)
+        if validation_data is not None:
+            X_val, y_val = check.check_validation_data(validation_data)
+            X_val, t_val = self._check_batch(X_val, y_val, x_name="validation_data[0]",
+                                             y_name="validation_data[1]")
+        m = X.shape[0]
+        bounds = self._batch_bounds(m, batch_size)
+        order = np.arange(m)
+        # gathered batches go into buffers made once per batch size
+        gather = {n: (np.empty((n,) + X.shape[1:], self.dtype),
+                      np.empty((n,) + targets.shape[1:], targets.dtype))
+                  for n in {stop - start for start, stop in bounds}} if shuffle else {}
+        with_accuracy = self.output != "linear"
+        history = History(loss=[], time=[])
+        if with_accuracy:
+            history["accuracy"] = []
+        if validation_data is not None:
+            history["val_loss"] = []
+            if with_accuracy:
+                history["val_accuracy"] = []
+
+        for epoch in range(1, epochs + 1):
+            start_time = time.perf_counter()
+            if shuffle:
+                self._rng.shuffle(order)
+            loss_sum, correct = 0.0, 0
+            for start, stop in bounds:
+                if shuffle:
+                    Xb, tb = gather[stop - start]
+                    np.take(X, order[start:stop], axis=0, out=Xb)
+                    np.take(targets, order[start:stop], axis=0, out=tb)
+                else:
+                    Xb, tb = X[start:stop], targets[start:stop]
+                loss_sum += self._step(Xb, tb) * (stop - start)
+                if with_accuracy:
+                    correct += self._correct_count(self._workspace(stop - start), tb)
+            history["loss"].append(loss_sum / m)
+            if with_accuracy:
+                history["accuracy"].append(correct / targets.size)
+            if validation_data is not None:
+                scores = self._evaluate(X_val, t_val)
+                history["val_loss"].append(scores["loss"])
+                if with_accuracy:
+                    history["val_accuracy"].append(scores["accuracy"])
+            history["time"].append(time.perf_counter() - start_time)
+            if verbose:
+                parts = [f"{key} {values[-1]:.4f}" for key, values in history.items() if key != "time"]
+                print(f"epoch {epoch}/{epochs}  " + "  ".join(parts)
+                      + f"  ({history['time'][-1]:.2f}s)", flush=True)
+        return history
+
+    # ------------------------------------------------------------------ inference
+
+    def _logits(self, X):
+        """Inference-mode output-layer W·A (without b), chunk by chunk; state untouched."""
+        code, slope = self._activation_code, self.negative_slope
+        out = self.layers[-1]
+        logits = np.empty((X.shape[0], out.n_out), self.dtype)
+        for start in range(0, X.shape[0], INFERENCE_CHUNK):
+            A = X[start:start + INFERENCE_CHUNK]
+            for layer in self.layers[:-1]:
+                Z = A @ layer.W.T
+                if layer.batchnorm:  # in place: the kernel reads each Z element before writing it
+                    _kernels.batchnorm_activation_inference(
+                        Z, Z, layer.gamma, layer.beta, layer.running_mean, layer.running_var,
+                        self.bn_eps, code, slope)
+                else:
+                    _kernels.bias_activation_forward(Z, Z, layer.b, code, slope)
+                A = Z
+            np.matmul(A, out.W.T, out=logits[start:start + INFERENCE_CHUNK])
+        return logits
+
+    def _outputs(self, logits):
+        """Apply the output function to logits (in place) and return them."""
+        b = self.layers[-1].b
+        if self.output == "softmax":
+            _kernels.softmax_forward(logits, logits, b)
+        else:
+            code = _kernels.ACTIVATIONS["sigmoid" if self.output == "sigmoid" else "linear"]
+            _kernels.bias_activation_forward(logits, logits, b, code, 0.0)
+        return logits
+
+    def predict_proba(self, X):
+        """Class probabilities in inference mode (running statistics, left unchanged).
+
+        Returns an ndarray of shape (n_samples, n_out): softmax rows, or per-output
+        sigmoid probabilities.
+        """
+        if self.output == "linear":
+            raise ValueError("predict_proba: a network with output='linear' has no "
+                             "probabilities; use predict")
+        X = check.check_features("X", X, self.layer_sizes[0], self.dtype)
+        return self._outputs(self._logits(X))
+
+    def predict(self, X):
+        """Predictions in inference mode: class indices (softmax), 0/1 labels (sigmoid) or
+        values (linear). Single-output sigmoid and linear networks return shape (n_samples,).
+        """
+        X = check.check_features("X", X, self.layer_sizes[0], self.dtype)
+        outputs = self._outputs(self._logits(X))
+        if self.output == "softmax":
+            return outputs.argmax(axis=1)
+        if self.output == "sigmoid":
+            outputs = (outputs > 0.5).astype(np.intp)
+        return outputs[:, 0] if outputs.shape[1] == 1 else outputs
+
+    def _evaluate(self, X, targets):
+        logits = self._logits(X)
+        loss = self._loss(np.empty_like(logits), logits, self.layers[-1].b, targets)
+        scores = {"loss": loss}
+        if self.output != "linear":
+            outputs = self._outputs(logits)
+            if self.output == "softmax":
+                hits = outputs.argmax(axis=1) == targets
+            else:
+                hits = (outputs > 0.5) == (targets > 0.5)
+            scores["accuracy"] = float(np.mean(hits))
+        return scores
+
+    def evaluate(self, X, y):
+        """Loss (and accuracy, for softmax and sigmoid outputs) in inference mode.
+
+        Returns a dict with 'loss' and, except for linear outputs, 'accuracy'.
+        """
+        X, targets = self._check_batch(X, y)
+        return self._evaluate(X, targets)
+
+    # ------------------------------------------------------------------ save / load
+
+    def _config(self):
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "layer_sizes": list(self.layer_sizes),
+            "activation": self.activation,
+            "output": self.output,
+            "batchnorm": self.batchnorm,
+            "dtype": np.dtype(self.dtype).name,
+            "bn_momentum": self.bn_momentum,
+            "bn_eps": self.bn_eps,
+            "negative_slope": self.negative_slope,
+            "seed": self.seed,
+            "optimizer": {"name": type(self.optimizer).__name__.lower(),
+                          "config": self.optimizer.get_config(), "t": self.optimizer.t},
+            "rng_state": self._rng.bit_generator.state,
+        }
+
+    def _arrays(self):
+        arrays = {"params": self._params, "running": self._running}
+        arrays.update({f"optimizer.{k}": v for k, v in self.optimizer.state.items()})
+        return arrays
+
+    def save(self, path):
+        """Save weights, batch-norm statistics, optimizer state and hyper-parameters.
+
+        The file is a NumPy ``.npz`` archive without pickled objects, with a format version
+        and a checksum of its arrays. It is written to a temporary file in the same folder
+        and renamed over ``path``, so a failed save leaves any previous file intact.
+        """
+        path = os.fspath(path)
+        arrays = self._arrays()
+        config = self._config()
+        config["checksum"] = _checksum(arrays)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".cbn-", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, config=np.array(json.dumps(config)), **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path):
+        """Load a network saved by :meth:`save`; never unpickles anything.
+
+        Raises ValueError if the file is not a cbn network, is damaged, was edited, or was
+        written by an unknown format version.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                contents = {name: data[name] for name in data.files}
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # zip, zlib, header and pickle-refusal errors all mean "damaged"
+            raise ValueError(f"path: {os.fspath(path)!r} is not a readable cbn model file ({exc})") from None
+        try:
+            return cls._from_contents(contents)
+        except ValueError as exc:
+            raise ValueError(f"path: {os.fspath(path)!r}: {exc}") from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"path: {os.fspath(path)!r} is not a valid cbn model file "
+                             f"({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_contents(cls, contents):
+        if "config" not in contents or contents["config"].dtype.kind != "U":
+            raise ValueError("no cbn configuration in the file")
+        config = json.loads(str(contents.pop("config")))
+        if config.get("format") != FORMAT_NAME:
+            raise ValueError(f"expected a {FORMAT_NAME} file, got format {config.get('format')!r}")
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"expected format version {FORMAT_VERSION}, "
+                             f"got {config.get('format_version')!r}")
+        if config.get("checksum") != _checksum(contents):
+            raise ValueError("checksum mismatch: the arrays were damaged or edited")
+        opt = config["optimizer"]
+        if opt["name"] not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {opt['name']!r}")
+        net = cls(config["layer_sizes"], activation=config["activation"],
+                  output=config["output"], batchnorm=config["batchnorm"],
+                  optimizer=OPTIMIZERS[opt["name"]](**opt["config"]), dtype=config["dtype"],
+                  bn_momentum=config["bn_momentum"], bn_eps=config["bn_eps"],
+                  negative_slope=config["negative_slope"], seed=config["seed"])
+        expected = net._arrays()
+        if set(contents) != set(expected):
+            raise ValueError(f"expected arrays {sorted(expected)}, got {sorted(contents)}")
+        for name, target in expected.items():
+            source = contents[name]
+            if source.shape != target.shape or source.dtype != target.dtype:
+                raise ValueError(f"array {name!r}: expected {target.dtype} of shape "
+                                 f"{target.shape}, got {source.dtype} of shape {source.shape}")
+            if not np.isfinite(source).all():
+                raise ValueError(f"array {name!r} holds NaN or infinity")
+            target[...] = source
+        net.optimizer.t = check.check_int("optimizer step count", opt["t"], 0)
+        net._rng.bit_generator.state = config["rng_state"]
+        return net
+
+
+def _checksum(arrays):
+    """SHA-256 over the names, dtypes, shapes and bytes of the arrays."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
