@@ -9,7 +9,9 @@ import hashlib
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -146,6 +148,7 @@ class Network:
         optimizer._bind(self, self._params.size, self.dtype)
         self.optimizer = optimizer
         self._workspaces = {}
+        self.history = None  # the History of the latest fit, complete or not
 
     # ------------------------------------------------------------------ structure
 
@@ -407,16 +410,25 @@ class Network:
         Returns
         -------
         History
-            Per-epoch 'loss', 'accuracy', 'val_loss', 'val_accuracy', 'time'.
+            Per-epoch 'loss', 'accuracy', 'val_loss', 'val_accuracy', 'time'; also kept as
+            ``net.history``, which holds the completed epochs if fit stops early.
+
+        Raises
+        ------
+        FloatingPointError
+            If a step produces a non-finite loss or gradient; that step is not applied.
+        KeyboardInterrupt
+            On Ctrl-C, raised after the step in progress completes.
         """
         epochs = check.check_int("epochs", epochs, 1)
         batch_size = check.check_int("batch_size", batch_size, self._min_train_rows)
         verbose = check.check_int("verbose", verbose, 0)
         X, targets = self._check_batch(X, y, min_rows=self._min_train_rows)
+        validation = None
         if validation_data is not None:
             X_val, y_val = check.check_validation_data(validation_data)
-            X_val, t_val = self._check_batch(X_val, y_val, x_name="validation_data[0]",
-                                             y_name="validation_data[1]")
+            validation = self._check_batch(X_val, y_val, x_name="validation_data[0]",
+                                           y_name="validation_data[1]")
         m = X.shape[0]
         bounds = self._batch_bounds(m, batch_size)
         order = np.arange(m)
@@ -428,40 +440,53 @@ class Network:
         history = History(loss=[], time=[])
         if with_accuracy:
             history["accuracy"] = []
-        if validation_data is not None:
+        if validation is not None:
             history["val_loss"] = []
             if with_accuracy:
                 history["val_accuracy"] = []
 
-        for epoch in range(1, epochs + 1):
-            start_time = time.perf_counter()
-            if shuffle:
-                self._rng.shuffle(order)
-            loss_sum, correct = 0.0, 0
-            for start, stop in bounds:
+        self.history = history
+        with _interrupts_between_steps() as interrupted:
+            for epoch in range(1, epochs + 1):
+                start_time = time.perf_counter()
                 if shuffle:
-                    Xb, tb = gather[stop - start]
-                    np.take(X, order[start:stop], axis=0, out=Xb)
-                    np.take(targets, order[start:stop], axis=0, out=tb)
-                else:
-                    Xb, tb = X[start:stop], targets[start:stop]
-                loss_sum += self._step(Xb, tb) * (stop - start)
-                if with_accuracy:
-                    correct += self._correct_count(self._workspace(stop - start), tb)
-            history["loss"].append(loss_sum / m)
-            if with_accuracy:
-                history["accuracy"].append(correct / targets.size)
-            if validation_data is not None:
-                scores = self._evaluate(X_val, t_val)
-                history["val_loss"].append(scores["loss"])
-                if with_accuracy:
-                    history["val_accuracy"].append(scores["accuracy"])
-            history["time"].append(time.perf_counter() - start_time)
-            if verbose:
-                parts = [f"{key} {values[-1]:.4f}" for key, values in history.items() if key != "time"]
-                print(f"epoch {epoch}/{epochs}  " + "  ".join(parts)
-                      + f"  ({history['time'][-1]:.2f}s)", flush=True)
+                    self._rng.shuffle(order)
+                loss_sum, correct = 0.0, 0
+                for start, stop in bounds:
+                    if shuffle:
+                        Xb, tb = gather[stop - start]
+                        np.take(X, order[start:stop], axis=0, out=Xb)
+                        np.take(targets, order[start:stop], axis=0, out=tb)
+                    else:
+                        Xb, tb = X[start:stop], targets[start:stop]
+                    loss_sum += self._step(Xb, tb) * (stop - start)
+                    if with_accuracy:
+                        correct += self._correct_count(self._workspace(stop - start), tb)
+                    if interrupted():
+                        raise KeyboardInterrupt(
+                            f"fit interrupted in epoch {epoch} after optimizer step "
+                            f"{self.optimizer.t}; the network holds that step's state and "
+                            f"net.history the completed epochs")
+                self._end_epoch(history, epoch, epochs, loss_sum / m, correct / targets.size,
+                                validation, start_time, verbose)
         return history
+
+    def _end_epoch(self, history, epoch, epochs, loss, accuracy, validation, start_time,
+                   verbose):
+        """Record one epoch in history (validating in inference mode) and report it."""
+        history["loss"].append(loss)
+        if "accuracy" in history:
+            history["accuracy"].append(accuracy)
+        if validation is not None:
+            scores = self._evaluate(*validation)
+            history["val_loss"].append(scores["loss"])
+            if "val_accuracy" in history:
+                history["val_accuracy"].append(scores["accuracy"])
+        history["time"].append(time.perf_counter() - start_time)
+        if verbose:
+            parts = [f"{key} {values[-1]:.4f}" for key, values in history.items() if key != "time"]
+            print(f"epoch {epoch}/{epochs}  " + "  ".join(parts)
+                  + f"  ({history['time'][-1]:.2f}s)", flush=True)
 
     # ------------------------------------------------------------------ inference
 
@@ -644,6 +669,25 @@ class Network:
         net.optimizer.t = check.check_int("optimizer step count", opt["t"], 0)
         net._rng.bit_generator.state = config["rng_state"]
         return net
+
+
+@contextlib.contextmanager
+def _interrupts_between_steps():
+    """Hold Ctrl-C (SIGINT) back until the current training step has finished.
+
+    Yields a function that tells whether Ctrl-C was pressed; the caller stops at the next
+    step boundary, so an interrupt never leaves parameters, running statistics and
+    optimizer state from different steps. Outside the main thread nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _checksum(arrays):
