@@ -24,7 +24,7 @@ MODULES = ["_activations", "_batchnorm", "_losses", "_optim", "_kernels"]
 
 
 def extension(name):
-    compile_args = [] if os.name == "nt" else ["-O3"]
+    compile_args = [] if os.name == "nt" else ["-O3", "-fno-math-errno"]
     return Extension(f"cbn.{name}", [f"src/cbn/{name}.pyx"], extra_compile_args=compile_args)
 
 

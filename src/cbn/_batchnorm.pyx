@@ -17,7 +17,12 @@ inputs; the Python layer validates. Reference: Ioffe & Szegedy (2015), arXiv:150
 from cython cimport floating
 from libc.math cimport sqrt
 
-from cbn._activations cimport BLOCK, activate, activation_derivative
+from cbn._activations cimport BLOCK, activate, activate_row, derivative_row
+
+# Speed: the activation is applied row by row within a block by activate_row and
+# derivative_row, whose loops vectorize (the switch on the activation runs once per row,
+# not per element). Per-unit constants of a block live in stack arrays, which cannot
+# alias the outputs, so the inner loops over a block's units vectorize as well.
 
 
 cdef void batchnorm_activation_forward(
@@ -31,38 +36,47 @@ cdef void batchnorm_activation_forward(
     Py_ssize_t N, Py_ssize_t D, double eps, int activation, double slope,
 ) noexcept nogil:
     """Training-mode batch norm + activation; caches mean, var and rstd for backward."""
-    cdef Py_ssize_t i, j, j0, j1, k, block
+    cdef Py_ssize_t i, b, block, j0, width
     cdef double d
+    cdef double mu[BLOCK]
+    cdef double acc[BLOCK]
     cdef double scale[BLOCK]
+    cdef double shift[BLOCK]
+    cdef const floating* z
+    cdef floating* a
     for block in range((D + BLOCK - 1) // BLOCK):
         j0 = block * BLOCK
-        j1 = min(j0 + BLOCK, D)
+        width = min(<Py_ssize_t>BLOCK, D - j0)
         # mean = Z.mean(axis=0)
-        for j in range(j0, j1):
-            mean[j] = 0.0
-            var[j] = 0.0
+        for b in range(width):
+            acc[b] = 0.0
         for i in range(N):
-            k = i * D
-            for j in range(j0, j1):
-                mean[j] += Z[k + j]
-        for j in range(j0, j1):
-            mean[j] /= N
+            z = Z + i * D + j0
+            for b in range(width):
+                acc[b] += z[b]
+        for b in range(width):
+            mu[b] = acc[b] / N
+            acc[b] = 0.0
         # var = ((Z - mean) ** 2).mean(axis=0): the centred second pass cannot go negative
         for i in range(N):
-            k = i * D
-            for j in range(j0, j1):
-                d = Z[k + j] - mean[j]
-                var[j] += d * d
-        for j in range(j0, j1):
-            var[j] /= N
-            rstd[j] = 1.0 / sqrt(var[j] + eps)
-            scale[j - j0] = gamma[j] * rstd[j]
-        # A = g(gamma * (Z - mean) * rstd + beta)
+            z = Z + i * D + j0
+            for b in range(width):
+                d = z[b] - mu[b]
+                acc[b] += d * d
+        for b in range(width):
+            mean[j0 + b] = mu[b]
+            var[j0 + b] = acc[b] / N
+            rstd[j0 + b] = 1.0 / sqrt(var[j0 + b] + eps)
+            # gamma * (z - mean) * rstd + beta == z * scale + shift
+            scale[b] = gamma[j0 + b] * rstd[j0 + b]
+            shift[b] = beta[j0 + b] - mu[b] * scale[b]
+        # A = g(Z * scale + shift)
         for i in range(N):
-            k = i * D
-            for j in range(j0, j1):
-                A[k + j] = <floating>activate(
-                    (Z[k + j] - mean[j]) * scale[j - j0] + beta[j], activation, slope)
+            z = Z + i * D + j0
+            a = A + i * D + j0
+            for b in range(width):
+                a[b] = <floating>(z[b] * scale[b] + shift[b])
+            activate_row(a, width, activation, slope)
 
 
 cdef void batchnorm_activation_backward(
@@ -77,39 +91,51 @@ cdef void batchnorm_activation_backward(
     const double* rstd,         # IN  (D,)    cached by forward
     Py_ssize_t N, Py_ssize_t D, int activation, double slope,
 ) noexcept nogil:
-    """Backward through g and batch norm: dZ, dgamma, dbeta from dA (two passes)."""
-    cdef Py_ssize_t i, j, j0, j1, k, block, b
-    cdef double dzt, zhat
+    """Backward through g and batch norm: dZ, dgamma, dbeta from dA.
+
+    dZ may be dA itself: dZt = dA * g'(Z~) is written into dZ first, then rescaled in place.
+    """
+    cdef Py_ssize_t i, b, block, j0, width
+    cdef double r, k
+    cdef double mu[BLOCK]
     cdef double sum_dzt[BLOCK]
-    cdef double sum_dzt_zhat[BLOCK]
+    cdef double sum_dzt_zc[BLOCK]   # sum of dZt * (Z - mean) == dgamma / rstd
+    cdef double c_dzt[BLOCK]
+    cdef double c_z[BLOCK]
+    cdef double c_0[BLOCK]
+    cdef const floating* z
+    cdef floating* dz
     for block in range((D + BLOCK - 1) // BLOCK):
         j0 = block * BLOCK
-        j1 = min(j0 + BLOCK, D)
-        # pass 1, the two reductions: dbeta = dZt.sum(0), dgamma = (dZt * Zhat).sum(0)
-        for b in range(j1 - j0):
+        width = min(<Py_ssize_t>BLOCK, D - j0)
+        for b in range(width):
+            mu[b] = mean[j0 + b]
             sum_dzt[b] = 0.0
-            sum_dzt_zhat[b] = 0.0
+            sum_dzt_zc[b] = 0.0
+        # pass 1: dZt into dZ, and the two reductions dbeta = dZt.sum(0),
+        # dgamma = (dZt * Zhat).sum(0)
         for i in range(N):
-            k = i * D
-            for j in range(j0, j1):
-                dzt = dA[k + j] * activation_derivative(A[k + j], activation, slope)
-                zhat = (Z[k + j] - mean[j]) * rstd[j]
-                sum_dzt[j - j0] += dzt
-                sum_dzt_zhat[j - j0] += dzt * zhat
-        for j in range(j0, j1):
-            dbeta[j] = <floating>sum_dzt[j - j0]
-            dgamma[j] = <floating>sum_dzt_zhat[j - j0]
-            # from here on the block's buffers hold the per-unit means of the sums
-            sum_dzt[j - j0] /= N
-            sum_dzt_zhat[j - j0] /= N
-        # pass 2, elementwise: dZ = gamma * rstd * (dZt - dbeta/N - Zhat * dgamma/N)
+            z = Z + i * D + j0
+            dz = dZ + i * D + j0
+            derivative_row(dz, dA + i * D + j0, A + i * D + j0, width, activation, slope)
+            for b in range(width):
+                sum_dzt[b] += dz[b]
+                sum_dzt_zc[b] += dz[b] * (z[b] - mu[b])
+        # pass 2: dZ = gamma * rstd * (dZt - dbeta/N - Zhat * dgamma/N), with
+        # Zhat = (Z - mean) * rstd written as dZ = c_dzt * dZt + c_z * Z + c_0
+        for b in range(width):
+            r = rstd[j0 + b]
+            dbeta[j0 + b] = <floating>sum_dzt[b]
+            dgamma[j0 + b] = <floating>(sum_dzt_zc[b] * r)
+            k = gamma[j0 + b] * r
+            c_dzt[b] = k
+            c_z[b] = -k * r * r * sum_dzt_zc[b] / N
+            c_0[b] = -k * sum_dzt[b] / N - c_z[b] * mu[b]
         for i in range(N):
-            k = i * D
-            for j in range(j0, j1):
-                dzt = dA[k + j] * activation_derivative(A[k + j], activation, slope)
-                zhat = (Z[k + j] - mean[j]) * rstd[j]
-                dZ[k + j] = <floating>(gamma[j] * rstd[j] * (
-                    dzt - sum_dzt[j - j0] - zhat * sum_dzt_zhat[j - j0]))
+            z = Z + i * D + j0
+            dz = dZ + i * D + j0
+            for b in range(width):
+                dz[b] = <floating>(c_dzt[b] * dz[b] + c_z[b] * z[b] + c_0[b])
 
 
 cdef void batchnorm_activation_inference(
