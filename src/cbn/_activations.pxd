@@ -17,35 +17,6 @@ cdef enum:
     BLOCK = 1024
 
 
-cdef inline double activate(double z, int activation, double slope) noexcept nogil:
-    """g(z)."""
-    if activation == ACT_RELU:
-        return z if z > 0.0 else 0.0
-    if activation == ACT_LEAKY_RELU:
-        return z if z > 0.0 else slope * z
-    if activation == ACT_TANH:
-        return tanh(z)
-    if activation == ACT_SIGMOID:
-        return stable_sigmoid(z)
-    return z
-
-
-cdef inline double activation_derivative(double a, int activation, double slope) noexcept nogil:
-    """g'(z) written through the output a = g(z), so backward needs only the cached A.
-
-    For leaky_relu this needs slope >= 0 (then a > 0 exactly when z > 0).
-    """
-    if activation == ACT_RELU:
-        return 1.0 if a > 0.0 else 0.0
-    if activation == ACT_LEAKY_RELU:
-        return 1.0 if a > 0.0 else slope
-    if activation == ACT_TANH:
-        return 1.0 - a * a
-    if activation == ACT_SIGMOID:
-        return a * (1.0 - a)
-    return 1.0
-
-
 cdef inline void activate_row(floating* a, Py_ssize_t n, int activation, double slope) noexcept nogil:
     """a = g(a) in place over n elements.
 

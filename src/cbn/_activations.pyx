@@ -11,7 +11,7 @@ cdef void bias_activation_forward(
     const floating* b,          # IN  (D,)
     Py_ssize_t N, Py_ssize_t D, int activation, double slope,
 ) noexcept nogil:
-    """A = g(Z + b)."""
+    """A = g(Z + b); A may be Z itself."""
     cdef Py_ssize_t i, j
     cdef const floating* z_row
     cdef floating* a_row
@@ -19,7 +19,8 @@ cdef void bias_activation_forward(
         z_row = Z + i * D
         a_row = A + i * D
         for j in range(D):
-            a_row[j] = <floating>activate(z_row[j] + b[j], activation, slope)
+            a_row[j] = z_row[j] + b[j]
+        activate_row(a_row, D, activation, slope)
 
 
 cdef void bias_activation_backward(
@@ -29,20 +30,18 @@ cdef void bias_activation_backward(
     const floating* A,          # IN  (N, D)
     Py_ssize_t N, Py_ssize_t D, int activation, double slope,
 ) noexcept nogil:
-    """dZ = dA * g'(Z + b) (through A); db = dZ.sum(axis=0), summed in double."""
-    cdef Py_ssize_t i, j, j0, j1, k, block
-    cdef double dz
+    """dZ = dA * g'(Z + b) (through A); db = dZ.sum(axis=0), summed in double; dZ may be dA."""
+    cdef Py_ssize_t i, b, j0, block, width, k
     cdef double db_sum[BLOCK]
     for block in range((D + BLOCK - 1) // BLOCK):
         j0 = block * BLOCK
-        j1 = min(j0 + BLOCK, D)
-        for j in range(j1 - j0):
-            db_sum[j] = 0.0
+        width = min(<Py_ssize_t>BLOCK, D - j0)
+        for b in range(width):
+            db_sum[b] = 0.0
         for i in range(N):
-            k = i * D
-            for j in range(j0, j1):
-                dz = dA[k + j] * activation_derivative(A[k + j], activation, slope)
-                dZ[k + j] = <floating>dz
-                db_sum[j - j0] += dz
-        for j in range(j0, j1):
-            db[j] = <floating>db_sum[j - j0]
+            k = i * D + j0
+            derivative_row(dZ + k, dA + k, A + k, width, activation, slope)
+            for b in range(width):
+                db_sum[b] += dZ[k + b]
+        for b in range(width):
+            db[j0 + b] = <floating>db_sum[b]

@@ -17,7 +17,7 @@ inputs; the Python layer validates. Reference: Ioffe & Szegedy (2015), arXiv:150
 from cython cimport floating
 from libc.math cimport sqrt
 
-from cbn._activations cimport BLOCK, activate, activate_row, derivative_row
+from cbn._activations cimport BLOCK, activate_row, derivative_row
 
 # Speed: the activation is applied row by row within a block by activate_row and
 # derivative_row, whose loops vectorize (the switch on the activation runs once per row,
@@ -147,21 +147,28 @@ cdef void batchnorm_activation_inference(
     const floating* running_var,    # IN (D,)
     Py_ssize_t N, Py_ssize_t D, double eps, int activation, double slope,
 ) noexcept nogil:
-    """Inference-mode batch norm + activation: the running statistics replace the batch's."""
-    cdef Py_ssize_t i, j, j0, j1, k, block
+    """Inference-mode batch norm + activation: the running statistics replace the batch's.
+
+    A may be Z itself.
+    """
+    cdef Py_ssize_t i, b, block, j0, width
     cdef double scale[BLOCK]
+    cdef double shift[BLOCK]
+    cdef const floating* z
+    cdef floating* a
     for block in range((D + BLOCK - 1) // BLOCK):
         j0 = block * BLOCK
-        j1 = min(j0 + BLOCK, D)
-        for j in range(j0, j1):
-            scale[j - j0] = gamma[j] / sqrt(<double>running_var[j] + eps)
-        # A = g(gamma * (Z - running_mean) / sqrt(running_var + eps) + beta)
+        width = min(<Py_ssize_t>BLOCK, D - j0)
+        # gamma * (Z - running_mean) / sqrt(running_var + eps) + beta == Z * scale + shift
+        for b in range(width):
+            scale[b] = gamma[j0 + b] / sqrt(<double>running_var[j0 + b] + eps)
+            shift[b] = beta[j0 + b] - running_mean[j0 + b] * scale[b]
         for i in range(N):
-            k = i * D
-            for j in range(j0, j1):
-                A[k + j] = <floating>activate(
-                    (Z[k + j] - <double>running_mean[j]) * scale[j - j0] + beta[j],
-                    activation, slope)
+            z = Z + i * D + j0
+            a = A + i * D + j0
+            for b in range(width):
+                a[b] = <floating>(z[b] * scale[b] + shift[b])
+            activate_row(a, width, activation, slope)
 
 
 cdef void batchnorm_update_running(
