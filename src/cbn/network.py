@@ -490,21 +490,35 @@ class Network:
 
     # ------------------------------------------------------------------ inference
 
+    def _folded(self):
+        """Per hidden layer, (W, b) with inference-mode batch norm folded in.
+
+        gamma * (W·a - running_mean) / sqrt(running_var + eps) + beta == (scale * W)·a + shift,
+        so inference is one matrix product and one bias + activation pass per layer.
+        Folded afresh on every call (O(parameters)), because the arrays can be edited in place.
+        """
+        folded = []
+        for layer in self.layers[:-1]:
+            if not layer.batchnorm:
+                folded.append((layer.W, layer.b))
+                continue
+            scale = layer.gamma / np.sqrt(layer.running_var.astype(np.float64) + self.bn_eps)
+            W = (layer.W * scale[:, None]).astype(self.dtype)
+            b = (layer.beta - layer.running_mean * scale).astype(self.dtype)
+            folded.append((W, b))
+        return folded
+
     def _logits(self, X):
         """Inference-mode output-layer W·A (without b), chunk by chunk; state untouched."""
         code, slope = self._activation_code, self.negative_slope
         out = self.layers[-1]
+        folded = self._folded()
         logits = np.empty((X.shape[0], out.n_out), self.dtype)
         for start in range(0, X.shape[0], INFERENCE_CHUNK):
             A = X[start:start + INFERENCE_CHUNK]
-            for layer in self.layers[:-1]:
-                Z = A @ layer.W.T
-                if layer.batchnorm:  # in place: the kernel reads each Z element before writing it
-                    _kernels.batchnorm_activation_inference(
-                        Z, Z, layer.gamma, layer.beta, layer.running_mean, layer.running_var,
-                        self.bn_eps, code, slope)
-                else:
-                    _kernels.bias_activation_forward(Z, Z, layer.b, code, slope)
+            for W, b in folded:
+                Z = A @ W.T
+                _kernels.bias_activation_forward(Z, Z, b, code, slope)  # in place
                 A = Z
             np.matmul(A, out.W.T, out=logits[start:start + INFERENCE_CHUNK])
         return logits
