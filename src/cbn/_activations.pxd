@@ -37,6 +37,31 @@ cdef inline void activate_row(floating* a, Py_ssize_t n, int activation, double 
             a[j] = <floating>stable_sigmoid(a[j])
 
 
+cdef inline void affine_activate_row(
+    floating* a, const floating* z, const double* scale, const double* shift, Py_ssize_t n,
+    int activation, double slope,
+) noexcept nogil:
+    """a = g(z * scale + shift) over n elements; a may be z.
+
+    relu, leaky_relu and linear run in the data's precision (one loop, vectorized four
+    wide in float32); tanh and sigmoid go through activate_row.
+    """
+    cdef Py_ssize_t j
+    cdef floating t
+    if activation == ACT_RELU:
+        for j in range(n):
+            t = <floating>(z[j] * scale[j] + shift[j])
+            a[j] = t if t > 0 else 0
+    elif activation == ACT_LEAKY_RELU:
+        for j in range(n):
+            t = <floating>(z[j] * scale[j] + shift[j])
+            a[j] = t if t > 0 else <floating>(slope * t)
+    else:
+        for j in range(n):
+            a[j] = <floating>(z[j] * scale[j] + shift[j])
+        activate_row(a, n, activation, slope)
+
+
 cdef inline void derivative_row(
     floating* dz, const floating* da, const floating* a, Py_ssize_t n, int activation,
     double slope,

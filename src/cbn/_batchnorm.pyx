@@ -17,7 +17,7 @@ inputs; the Python layer validates. Reference: Ioffe & Szegedy (2015), arXiv:150
 from cython cimport floating
 from libc.math cimport sqrt
 
-from cbn._activations cimport BLOCK, activate_row, derivative_row
+from cbn._activations cimport BLOCK, affine_activate_row, derivative_row
 
 # Speed: the activation is applied row by row within a block by activate_row and
 # derivative_row, whose loops vectorize (the switch on the activation runs once per row,
@@ -43,7 +43,6 @@ cdef void batchnorm_activation_forward(
     cdef double scale[BLOCK]
     cdef double shift[BLOCK]
     cdef const floating* z
-    cdef floating* a
     for block in range((D + BLOCK - 1) // BLOCK):
         j0 = block * BLOCK
         width = min(<Py_ssize_t>BLOCK, D - j0)
@@ -72,11 +71,8 @@ cdef void batchnorm_activation_forward(
             shift[b] = beta[j0 + b] - mu[b] * scale[b]
         # A = g(Z * scale + shift)
         for i in range(N):
-            z = Z + i * D + j0
-            a = A + i * D + j0
-            for b in range(width):
-                a[b] = <floating>(z[b] * scale[b] + shift[b])
-            activate_row(a, width, activation, slope)
+            affine_activate_row(A + i * D + j0, Z + i * D + j0, scale, shift, width,
+                                activation, slope)
 
 
 cdef void batchnorm_activation_backward(
@@ -154,8 +150,6 @@ cdef void batchnorm_activation_inference(
     cdef Py_ssize_t i, b, block, j0, width
     cdef double scale[BLOCK]
     cdef double shift[BLOCK]
-    cdef const floating* z
-    cdef floating* a
     for block in range((D + BLOCK - 1) // BLOCK):
         j0 = block * BLOCK
         width = min(<Py_ssize_t>BLOCK, D - j0)
@@ -164,11 +158,8 @@ cdef void batchnorm_activation_inference(
             scale[b] = gamma[j0 + b] / sqrt(<double>running_var[j0 + b] + eps)
             shift[b] = beta[j0 + b] - running_mean[j0 + b] * scale[b]
         for i in range(N):
-            z = Z + i * D + j0
-            a = A + i * D + j0
-            for b in range(width):
-                a[b] = <floating>(z[b] * scale[b] + shift[b])
-            activate_row(a, width, activation, slope)
+            affine_activate_row(A + i * D + j0, Z + i * D + j0, scale, shift, width,
+                                activation, slope)
 
 
 cdef void batchnorm_update_running(
