@@ -12,7 +12,9 @@ cdef enum:
     ACT_SIGMOID = 4
 
 # Reductions over rows visit units in blocks of BLOCK, so the per-unit sums of a block live
-# in double on the stack and the block's columns stay in cache between passes.
+# in double on the stack and the block's columns stay in cache between passes. Blocks are
+# wide (4-8 KiB of each row): narrow blocks of power-of-two-wide rows map every row's
+# piece to the same few cache sets and read memory in short strided runs.
 cdef enum:
     BLOCK = 1024
 
@@ -43,8 +45,8 @@ cdef inline void affine_activate_row(
 ) noexcept nogil:
     """a = g(z * scale + shift) over n elements; a may be z.
 
-    relu, leaky_relu and linear run in the data's precision (one loop, vectorized four
-    wide in float32); tanh and sigmoid go through activate_row.
+    The affine part is computed in double; relu and leaky_relu are applied in the same
+    loop, the other activations by activate_row afterwards.
     """
     cdef Py_ssize_t j
     cdef floating t
@@ -66,7 +68,10 @@ cdef inline void derivative_row(
     floating* dz, const floating* da, const floating* a, Py_ssize_t n, int activation,
     double slope,
 ) noexcept nogil:
-    """dz = da * g'(z) over n elements, g' written through a = g(z); dz may be da."""
+    """dz = da * g'(z) over n elements, g' written through a = g(z); dz may be da.
+
+    For leaky_relu this needs slope >= 0 (then a > 0 exactly when z > 0).
+    """
     cdef Py_ssize_t j
     cdef floating g     # loaded unconditionally, so the selects below compile branch-free
     if activation == ACT_RELU:

@@ -97,8 +97,6 @@ cdef void batchnorm_activation_backward(
     cdef double sum_dzt[BLOCK]
     cdef double sum_dzt_zc[BLOCK]   # sum of dZt * (Z - mean) == dgamma / rstd
     cdef double c_dzt[BLOCK]
-    cdef double c_z[BLOCK]
-    cdef double c_0[BLOCK]
     cdef const floating* z
     cdef floating* dz
     for block in range((D + BLOCK - 1) // BLOCK):
@@ -118,20 +116,21 @@ cdef void batchnorm_activation_backward(
                 sum_dzt[b] += dz[b]
                 sum_dzt_zc[b] += dz[b] * (z[b] - mu[b])
         # pass 2: dZ = gamma * rstd * (dZt - dbeta/N - Zhat * dgamma/N), with
-        # Zhat = (Z - mean) * rstd written as dZ = c_dzt * dZt + c_z * Z + c_0
+        # Zhat = (Z - mean) * rstd, written as dZ = c_dzt * dZt + c_z * (Z - mean) + c_0;
+        # c_z and c_0 replace the sums in their arrays (less stack)
         for b in range(width):
             r = rstd[j0 + b]
             dbeta[j0 + b] = <floating>sum_dzt[b]
             dgamma[j0 + b] = <floating>(sum_dzt_zc[b] * r)
             k = gamma[j0 + b] * r
             c_dzt[b] = k
-            c_z[b] = -k * r * r * sum_dzt_zc[b] / N
-            c_0[b] = -k * sum_dzt[b] / N - c_z[b] * mu[b]
+            sum_dzt_zc[b] = -k * r * r * sum_dzt_zc[b] / N    # c_z
+            sum_dzt[b] = -k * sum_dzt[b] / N                  # c_0
         for i in range(N):
             z = Z + i * D + j0
             dz = dZ + i * D + j0
             for b in range(width):
-                dz[b] = <floating>(c_dzt[b] * dz[b] + c_z[b] * z[b] + c_0[b])
+                dz[b] = <floating>(c_dzt[b] * dz[b] + sum_dzt_zc[b] * (z[b] - mu[b]) + sum_dzt[b])
 
 
 cdef void batchnorm_activation_inference(
