@@ -503,8 +503,8 @@ class Network:
                 folded.append((layer.W, layer.b))
                 continue
             scale = layer.gamma / np.sqrt(layer.running_var.astype(np.float64) + self.bn_eps)
-            W = (layer.W * scale[:, None]).astype(self.dtype)
             b = (layer.beta - layer.running_mean * scale).astype(self.dtype)
+            W = layer.W * scale.astype(self.dtype)[:, None]  # no float64 copy of W
             folded.append((W, b))
         return folded
 
