@@ -16,10 +16,11 @@ The kernel table reports achieved memory bandwidth of cbn's fused batch-norm + r
 forward + backward and of its Adam update on arrays larger than the last-level cache,
 next to the copy bandwidth of the same machine measured in the same run.
 
-Run it from a checkout after ``python setup.py build_ext --inplace`` (it puts ``src`` on
-the path) or with cbn installed.
+It uses the checkout's ``src`` when its kernels are built there
+(``python setup.py build_ext --inplace``), the installed cbn otherwise.
 """
 import argparse
+import importlib.machinery
 import json
 import os
 import statistics
@@ -39,6 +40,12 @@ DTYPES = ("float32", "float64")
 FRAMEWORKS = ("cbn", "torch", "numpy", "blas")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def built_in_place():
+    """True if the checkout's src/cbn holds compiled kernels (build_ext --inplace)."""
+    return any(os.path.exists(os.path.join(SRC, "cbn", "_kernels" + suffix))
+               for suffix in importlib.machinery.EXTENSION_SUFFIXES)
 
 
 # ---------------------------------------------------------------------- timing helpers
@@ -313,7 +320,8 @@ def spawn(kind, framework, cases, quick, threads):
     """Run one worker in a fresh process with the thread count fixed; None if it failed."""
     env = dict(os.environ)
     env.update({var: str(threads) for var in THREAD_VARS})
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    if built_in_place():
+        env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--framework", framework,
            "--threads", str(threads), *(["--quick"] if quick else []), "--cases", *cases]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -11,12 +11,14 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import CONFIGS, SRC, built_in_place, data, median_time, reps_for  # noqa: E402
+
+if built_in_place():
+    sys.path.insert(0, SRC)
 
 import cbn  # noqa: E402
 from cbn import _kernels  # noqa: E402
-from bench import CONFIGS, data, median_time, reps_for  # noqa: E402
 
 
 def main():
