@@ -2,6 +2,16 @@
 from cbn.network import History
 
 
+def figure_class():
+    """matplotlib's Figure, or an ImportError that says how to install it."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'cbn[plot]' "
+                          "(or pip install matplotlib)") from None
+    return Figure
+
+
 def plot_history(history, path=None, *, title=None):
     """Draw loss and accuracy per epoch, training solid and validation dashed.
 
@@ -20,11 +30,7 @@ def plot_history(history, path=None, *, title=None):
         A figure not attached to pyplot: it is shown by Jupyter, saved by ``savefig``, and
         freed with the last reference.
     """
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install 'cbn[plot]' "
-                          "(or pip install matplotlib)") from None
+    Figure = figure_class()
     runs = {"": history} if isinstance(history, History) else dict(history)
     for label, run in runs.items():
         if not isinstance(run, History):
@@ -41,6 +47,7 @@ def plot_history(history, path=None, *, title=None):
                     ax.plot(epochs, run[key], style, color=f"C{i}", label=f"{label} {kind}".strip())
         if metric == "loss":
             ax.set_yscale("log")  # losses shrink by orders of magnitude
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
