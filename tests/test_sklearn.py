@@ -1,6 +1,5 @@
 """The scikit-learn estimators: scikit-learn's own checks, labels, pipelines, pickling."""
 import pickle
-import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +16,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 from cbn._datasets import load_digits_split  # noqa: E402
 from cbn.sklearn import BatchNormMLPClassifier, BatchNormMLPRegressor  # noqa: E402
 
+# max_iter is kept small on purpose here; test_attributes_after_fit checks the warning itself
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
 # small, so the whole check suite runs in seconds; every check passes (none is expected to fail)
 SMALL = dict(hidden_layer_sizes=(16,), max_iter=30, learning_rate=1e-2)
 
@@ -25,9 +27,7 @@ SMALL = dict(hidden_layer_sizes=(16,), max_iter=30, learning_rate=1e-2)
                           for cls in (BatchNormMLPClassifier, BatchNormMLPRegressor)
                           for dtype in ("float32", "float64")])
 def test_sklearn_checks(estimator, check):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        check(estimator)
+    check(estimator)
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +84,9 @@ def test_partial_fit_trains_one_epoch_per_call(digits):
 def test_warm_start_continues_training(digits):
     X_train, y_train, _, _ = digits
     clf = BatchNormMLPClassifier((16,), max_iter=2, warm_start=True, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(X_train, y_train)
-        first = clf.network_
-        clf.fit(X_train, y_train)
+    clf.fit(X_train, y_train)
+    first = clf.network_
+    clf.fit(X_train, y_train)
     assert clf.network_ is first and clf.n_iter_ == 4
 
 
@@ -96,9 +94,7 @@ def test_multilabel_uses_sigmoid_outputs(rng):
     X = rng.standard_normal((300, 5))
     Y = np.column_stack([X[:, 0] > 0, X[:, 1] + X[:, 2] > 0, X[:, 3] < -0.5]).astype(int)
     clf = BatchNormMLPClassifier((32,), max_iter=60, learning_rate=1e-2, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(X, Y)
+    clf.fit(X, Y)
     assert clf.network_.output == "sigmoid"
     assert clf.predict(X).shape == Y.shape and clf.predict_proba(X).shape == Y.shape
     assert np.mean(clf.predict(X) == Y) > 0.9
@@ -108,9 +104,7 @@ def test_multi_output_regression(rng):
     X = rng.standard_normal((400, 4))
     Y = np.column_stack([X[:, 0] - 2 * X[:, 1], np.sin(X[:, 2]) + X[:, 3]])
     reg = BatchNormMLPRegressor((32,), max_iter=100, learning_rate=1e-2, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        reg.fit(X, Y)
+    reg.fit(X, Y)
     assert reg.predict(X).shape == (400, 2)
     assert reg.score(X, Y) > 0.9
     assert reg.fit(X, Y[:, 0]).predict(X[:3]).shape == (3,)
@@ -121,9 +115,7 @@ def test_pipeline_grid_search_clone_and_pickle(digits):
     pipe = make_pipeline(StandardScaler(), BatchNormMLPClassifier(max_iter=8, batch_size=32, random_state=0))
     search = GridSearchCV(pipe, {"batchnormmlpclassifier__hidden_layer_sizes": [(8,), (32,)],
                                  "batchnormmlpclassifier__batchnorm": [True, False]}, cv=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        search.fit(X_train, y_train)
+    search.fit(X_train, y_train)
     assert len(search.cv_results_["mean_test_score"]) == 4
     assert search.score(X_test, y_test) > 0.85
     best = search.best_estimator_
