@@ -169,3 +169,19 @@ def test_python_m_cbn_exits_cleanly_on_a_bad_file(files):
                             capture_output=True, text=True, env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("cbn: error: ")
+
+
+def test_plot_without_matplotlib_fails_before_training(files, capsys, monkeypatch):
+    def missing():
+        raise ImportError("plotting needs matplotlib: pip install 'cbn[plot]'")
+
+    monkeypatch.setattr("cbn.__main__.figure_class", missing)
+    code, _, err = run(capsys, "train", files / "flowers.csv", "--target", "species",
+                       "--plot", files / "c.png", "--out", files / "never.npz")
+    assert code == 1 and "matplotlib" in err and not (files / "never.npz").exists()
+
+
+def test_demo_still_runs(capsys):
+    pytest.importorskip("sklearn")
+    code, out, _ = run(capsys, "demo", "--epochs", 1)
+    assert code == 0 and out.count("held-out accuracy") == 2

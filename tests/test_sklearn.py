@@ -39,7 +39,8 @@ def test_string_labels_round_trip(digits):
     X_train, y_train, X_test, y_test = digits
     names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
                       "nine"])
-    clf = BatchNormMLPClassifier((32,), max_iter=15, batch_size=32, random_state=0).fit(X_train, names[y_train])
+    clf = BatchNormMLPClassifier((32,), max_iter=15, batch_size=32, random_state=0)
+    clf.fit(X_train, names[y_train])
     assert clf.classes_.tolist() == sorted(names.tolist())
     assert set(clf.predict(X_test)) <= set(names)
     assert clf.score(X_test, names[y_test]) > 0.9
@@ -112,7 +113,8 @@ def test_multi_output_regression(rng):
 
 def test_pipeline_grid_search_clone_and_pickle(digits):
     X_train, y_train, X_test, y_test = digits
-    pipe = make_pipeline(StandardScaler(), BatchNormMLPClassifier(max_iter=8, batch_size=32, random_state=0))
+    pipe = make_pipeline(StandardScaler(),
+                         BatchNormMLPClassifier(max_iter=8, batch_size=32, random_state=0))
     search = GridSearchCV(pipe, {"batchnormmlpclassifier__hidden_layer_sizes": [(8,), (32,)],
                                  "batchnormmlpclassifier__batchnorm": [True, False]}, cv=2)
     search.fit(X_train, y_train)

@@ -50,10 +50,10 @@ class Progress:
             self._bar.update(1)
         elif self.redraw and time.perf_counter() >= self._next_draw:
             self._next_draw = time.perf_counter() + REDRAW_SECONDS
-            width = 20
-            filled = width * self._done // self.steps
-            self.file.write(f"\repoch {self._epoch}/{self.epochs} [{'=' * filled}{' ' * (width - filled)}] "
-                            f"{self._done}/{self.steps}  loss {self._loss_sum / self._done:.4f}")
+            filled = 20 * self._done // self.steps
+            bar = "=" * filled + " " * (20 - filled)
+            self.file.write(f"\repoch {self._epoch}/{self.epochs} [{bar}] {self._done}/{self.steps}"
+                            f"  loss {self._loss_sum / self._done:.4f}")
             self.file.flush()
 
     def end(self, epoch, history):

@@ -161,7 +161,8 @@ def check_validation_data(validation_data):
 
 def check_callbacks(callbacks):
     """Return callbacks as a list of callables."""
-    if callable(callbacks) or isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
+    if callable(callbacks) or isinstance(callbacks, (str, bytes)) \
+            or not hasattr(callbacks, "__iter__"):
         raise TypeError(f"callbacks: expected a list of callables, got {callbacks!r}")
     callbacks = list(callbacks)
     for i, callback in enumerate(callbacks):

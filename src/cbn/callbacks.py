@@ -128,4 +128,5 @@ class EarlyStopping:
 
     def __repr__(self):
         return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience!r}, "
-                f"min_delta={self.min_delta!r}, restore_best_weights={self.restore_best_weights!r})")
+                f"min_delta={self.min_delta!r}, "
+                f"restore_best_weights={self.restore_best_weights!r})")

@@ -462,7 +462,8 @@ class Network:
         epochs = check.check_int("epochs", epochs, 1)
         batch_size = check.check_int("batch_size", batch_size, self._min_train_rows)
         verbose = check.check_int("verbose", verbose, 0)
-        weight_decay = check.check_float("weight_decay", weight_decay, 0.0, math.inf, high_open=True)
+        weight_decay = check.check_float("weight_decay", weight_decay, 0.0, math.inf,
+                                         high_open=True)
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError(f"lr_schedule: expected a function of the epoch, got {lr_schedule!r}")
         callbacks = check.check_callbacks(callbacks)
@@ -495,49 +496,44 @@ class Network:
         for callback in callbacks:
             if hasattr(callback, "on_train_begin"):
                 callback.on_train_begin(self, history)
-        self._weight_decay = weight_decay
-        try:
-            with _interrupts_between_steps() as interrupted:
-                for epoch in range(1, epochs + 1):
-                    start_time = time.perf_counter()
-                    if lr_schedule is not None:
-                        self.optimizer.lr = check.check_positive(
-                            f"lr_schedule({epoch - 1})", lr_schedule(epoch - 1))
-                        history["lr"].append(self.optimizer.lr)
-                    if progress is not None:
-                        progress.begin(epoch)
+        with _interrupts_between_steps() as interrupted, \
+                self._fit_state(weight_decay, progress):
+            for epoch in range(1, epochs + 1):
+                start_time = time.perf_counter()
+                if lr_schedule is not None:
+                    self.optimizer.lr = check.check_positive(
+                        f"lr_schedule({epoch - 1})", lr_schedule(epoch - 1))
+                    history["lr"].append(self.optimizer.lr)
+                if progress is not None:
+                    progress.begin(epoch)
+                if shuffle:
+                    self._rng.shuffle(order)
+                loss_sum, correct = 0.0, 0
+                for start, stop in bounds:
                     if shuffle:
-                        self._rng.shuffle(order)
-                    loss_sum, correct = 0.0, 0
-                    for start, stop in bounds:
-                        if shuffle:
-                            Xb, tb = gather[stop - start]
-                            np.take(X, order[start:stop], axis=0, out=Xb)
-                            np.take(targets, order[start:stop], axis=0, out=tb)
-                        else:
-                            Xb, tb = X[start:stop], targets[start:stop]
-                        loss = self._step(Xb, tb)
-                        loss_sum += loss * (stop - start)
-                        if with_accuracy:
-                            correct += self._correct_count(self._workspace(stop - start), tb)
-                        if progress is not None:
-                            progress.step(loss)
-                        if interrupted():
-                            raise KeyboardInterrupt(
-                                f"fit interrupted in epoch {epoch} after optimizer step "
-                                f"{self.optimizer.t}; the network holds that step's state and "
-                                f"net.history the completed epochs")
-                    self._end_epoch(history, loss_sum / m, correct / targets.size, validation,
-                                    start_time)
+                        Xb, tb = gather[stop - start]
+                        np.take(X, order[start:stop], axis=0, out=Xb)
+                        np.take(targets, order[start:stop], axis=0, out=tb)
+                    else:
+                        Xb, tb = X[start:stop], targets[start:stop]
+                    loss = self._step(Xb, tb)
+                    loss_sum += loss * (stop - start)
+                    if with_accuracy:
+                        correct += self._correct_count(self._workspace(stop - start), tb)
                     if progress is not None:
-                        progress.end(epoch, history)
-                    # every callback sees every epoch, even when an earlier one asks to stop
-                    if any([callback(self, epoch, history) for callback in callbacks]):
-                        break
-        finally:
-            self._weight_decay = 0.0
-            if progress is not None:
-                progress.close()
+                        progress.step(loss)
+                    if interrupted():
+                        raise KeyboardInterrupt(
+                            f"fit interrupted in epoch {epoch} after optimizer step "
+                            f"{self.optimizer.t}; the network holds that step's state and "
+                            f"net.history the completed epochs")
+                self._end_epoch(history, loss_sum / m, correct / targets.size, validation,
+                                start_time)
+                if progress is not None:
+                    progress.end(epoch, history)
+                # every callback sees every epoch, even when an earlier one asks to stop
+                if any([callback(self, epoch, history) for callback in callbacks]):
+                    break
         for callback in callbacks:
             if hasattr(callback, "on_train_end"):
                 callback.on_train_end(self, history)
@@ -554,6 +550,17 @@ class Network:
             if "val_accuracy" in history:
                 history["val_accuracy"].append(scores["accuracy"])
         history["time"].append(time.perf_counter() - start_time)
+
+    @contextlib.contextmanager
+    def _fit_state(self, weight_decay, progress):
+        """Hold fit's per-call state (weight decay, progress bar) and undo it however fit ends."""
+        self._weight_decay = weight_decay
+        try:
+            yield
+        finally:
+            self._weight_decay = 0.0
+            if progress is not None:
+                progress.close()
 
     def _add_weight_decay(self):
         """dW += weight_decay * W for every weight matrix (b, gamma and beta are not decayed)."""
