@@ -23,6 +23,6 @@ cbn info flowers.npz
 cbn evaluate flowers.npz flowers.csv
 cbn predict flowers.npz flowers.csv --out predictions.csv
 head -4 predictions.csv
-# a bad file is one line on stderr and exit status 1
-cbn predict flowers.npz predictions.csv || echo "exit status $?"
+# a bad file is one line on stderr (shown here on stdout) and exit status 1
+cbn predict flowers.npz predictions.csv 2>&1 || echo "exit status $?"
 echo "files are in $work"
