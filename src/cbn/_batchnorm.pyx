@@ -19,7 +19,7 @@ from libc.math cimport sqrt
 
 from cbn._activations cimport BLOCK, affine_activate_row, derivative_row
 
-# Speed: the activation is applied row by row within a block by activate_row and
+# Speed: the activation is applied row by row within a block by affine_activate_row and
 # derivative_row, whose loops vectorize (the switch on the activation runs once per row,
 # not per element). Per-unit constants of a block live in stack arrays, which cannot
 # alias the outputs, so the inner loops over a block's units vectorize as well.
