@@ -127,9 +127,7 @@ class Network:
         self.layer_sizes = check.check_layer_sizes(layer_sizes)
         self.activation = check.check_choice("activation", activation, check.ACTIVATIONS)
         self.output = check.check_choice("output", output, check.OUTPUTS)
-        if not isinstance(batchnorm, (bool, np.bool_)):
-            raise TypeError(f"batchnorm: expected True or False, got {batchnorm!r}")
-        self.batchnorm = bool(batchnorm)
+        self.batchnorm = check.check_bool("batchnorm", batchnorm)
         self.dtype = check.check_dtype(dtype)
         self.bn_momentum = check.check_float("bn_momentum", bn_momentum, 0.0, 1.0)
         self.bn_eps = check.check_positive("bn_eps", bn_eps)
@@ -351,6 +349,7 @@ class Network:
         grads : dict of str to ndarray
             Keyed like :meth:`parameters`; fresh copies.
         """
+        input_gradient = check.check_bool("input_gradient", input_gradient)
         X, targets = self._check_batch(X, y, min_rows=self._min_train_rows)
         ws = self._workspace(X.shape[0])
         result = self._forward_backward(X, targets, ws, input_gradient=input_gradient)
@@ -423,6 +422,7 @@ class Network:
         epochs = check.check_int("epochs", epochs, 1)
         batch_size = check.check_int("batch_size", batch_size, self._min_train_rows)
         verbose = check.check_int("verbose", verbose, 0)
+        shuffle = check.check_bool("shuffle", shuffle)
         X, targets = self._check_batch(X, y, min_rows=self._min_train_rows)
         validation = None
         if validation_data is not None:
@@ -507,6 +507,12 @@ class Network:
                     _kernels.bias_activation_forward(Z, Z, layer.b, code, slope)
                 A = Z
             np.matmul(A, out.W.T, out=logits[start:start + INFERENCE_CHUNK])
+        # finite but huge X can overflow on the way (inf, then NaN): an error, not an answer
+        if not np.isfinite(logits).all():
+            raise FloatingPointError(
+                f"X: the network's outputs overflowed to infinity or NaN; the values of X "
+                f"(max |X| = {np.abs(X).max():g}) are too large for "
+                f"{np.dtype(self.dtype).name} computation")
         return logits
 
     def _outputs(self, logits):
@@ -596,10 +602,10 @@ class Network:
         and a checksum of its arrays. It is written to a temporary file in the same folder
         and renamed over ``path``, so a failed save leaves any previous file intact.
         """
-        path = os.fspath(path)
+        path = check.check_path(path)
         arrays = self._arrays()
         config = self._config()
-        config["checksum"] = _checksum(arrays)
+        config["checksum"] = _checksum(config, arrays)
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".cbn-", suffix=".tmp", dir=folder)
         try:
@@ -620,8 +626,9 @@ class Network:
         Raises ValueError if the file is not a cbn network, is damaged, was edited, or was
         written by an unknown format version.
         """
-        try:
-            with np.load(path, allow_pickle=False) as data:
+        path = check.check_path(path)
+        try:  # the file is opened here, so it is closed even when np.load fails on it
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
                 contents = {name: data[name] for name in data.files}
         except FileNotFoundError:
             raise
@@ -631,7 +638,7 @@ class Network:
             return cls._from_contents(contents)
         except ValueError as exc:
             raise ValueError(f"path: {os.fspath(path)!r}: {exc}") from None
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
             raise ValueError(f"path: {os.fspath(path)!r} is not a valid cbn model file "
                              f"({type(exc).__name__}: {exc})") from None
 
@@ -645,8 +652,13 @@ class Network:
         if config.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"expected format version {FORMAT_VERSION}, "
                              f"got {config.get('format_version')!r}")
-        if config.get("checksum") != _checksum(contents):
-            raise ValueError("checksum mismatch: the arrays were damaged or edited")
+        if config.pop("checksum", None) != _checksum(config, contents):
+            raise ValueError("checksum mismatch: the file was damaged or edited")
+        # a forged configuration must not make the constructor allocate more than the file holds
+        sizes = check.check_layer_sizes(config["layer_sizes"])
+        weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        if "params" not in contents or weights > contents["params"].size:
+            raise ValueError(f"layer_sizes {list(sizes)} need more parameters than the file holds")
         opt = config["optimizer"]
         if opt["name"] not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {opt['name']!r}")
@@ -690,9 +702,9 @@ def _interrupts_between_steps():
         signal.signal(signal.SIGINT, previous)
 
 
-def _checksum(arrays):
-    """SHA-256 over the names, dtypes, shapes and bytes of the arrays."""
-    digest = hashlib.sha256()
+def _checksum(config, arrays):
+    """SHA-256 over the configuration and the names, dtypes, shapes and bytes of the arrays."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name in sorted(arrays):
         arr = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
