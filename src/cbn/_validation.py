@@ -138,8 +138,9 @@ def check_features(name, X, n_features, dtype, min_rows=1):
     if arr.shape[0] < min_rows:
         why = " (batch norm needs at least 2 rows to compute batch statistics)" if min_rows == 2 else ""
         raise ValueError(f"{name}: expected at least {min_rows} rows{why}, got {arr.shape[0]}")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    _require_finite(name, arr)  # after the cast: values too large for float32 become inf
+    with np.errstate(over="ignore"):  # values too large for float32 become inf, refused next
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+    _require_finite(name, arr)
     return arr
 
 
@@ -170,7 +171,8 @@ def check_targets(name, y, output, n_out, n_rows, dtype):
     if arr.shape not in {(n_rows, n_out), expected}:
         raise ValueError(f"{name}: expected shape {expected}, one row per row of X, "
                          f"got shape {arr.shape}")
-    arr = np.ascontiguousarray(arr.reshape(n_rows, n_out), dtype=dtype)
+    with np.errstate(over="ignore"):  # as in check_features: overflow becomes inf, refused next
+        arr = np.ascontiguousarray(arr.reshape(n_rows, n_out), dtype=dtype)
     _require_finite(name, arr)
     if output == "sigmoid" and arr.size and (arr.min() < 0 or arr.max() > 1):
         raise ValueError(
