@@ -5,8 +5,10 @@ compiled to C; matrix products go to BLAS through NumPy; :class:`Network` ties t
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from cbn.callbacks import EarlyStopping, ExponentialDecay, InverseTimeDecay, StepDecay
 from cbn.network import History, Layer, Network
 from cbn.optimizers import SGD, Adam, Momentum, Optimizer, RMSprop
+from cbn.plotting import plot_history
 
 try:
     __version__ = _version("cbn")
@@ -16,5 +18,6 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 __all__ = [
     "Network", "Layer", "History",
     "Optimizer", "SGD", "Momentum", "RMSprop", "Adam",
+    "InverseTimeDecay", "ExponentialDecay", "StepDecay", "EarlyStopping", "plot_history",
     "__version__",
 ]

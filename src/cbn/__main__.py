@@ -1,10 +1,298 @@
-"""Command line: ``python -m cbn demo``."""
+"""Command line: ``cbn`` (or ``python -m cbn``) train, predict, evaluate, info and demo.
+
+Data files are CSV (a header row of column names, numbers in every feature column; the
+target column may hold any labels) or NPZ (an array ``X`` of shape (n_samples, n_features)
+and a target array named by ``--target``, default ``y``). Errors in the files or arguments
+are reported as one line on stderr with exit status 1.
+"""
 import argparse
+import csv
+import json
+import math
+import os
 import sys
 import time
 
-from cbn import Adam, Network
+import numpy as np
+
+from cbn import Adam, EarlyStopping, Network
 from cbn._datasets import load_digits_split
+from cbn.optimizers import OPTIMIZERS
+from cbn.plotting import figure_class
+
+
+class CommandError(Exception):
+    """A problem with the user's files or arguments: reported as one line, no traceback."""
+
+
+# ---------------------------------------------------------------------- reading data
+
+def read_table(path, target=None, features=None):
+    """Read a CSV or NPZ data file.
+
+    Returns (X as float64 (n, f), feature names, y as an array or None). ``features`` names
+    the columns to use (a model's), in order; otherwise every column but the target.
+    """
+    if not os.path.isfile(path):
+        raise CommandError(f"{path}: no such file")
+    if path.lower().endswith(".npz"):
+        return _read_npz(path, target, features)
+    return _read_csv(path, target, features)
+
+
+def _read_npz(path, target, features):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except Exception as exc:  # zip, header and pickle-refusal errors alike
+        raise CommandError(f"{path}: not a readable NPZ file ({exc})") from None
+    if "X" not in arrays:
+        raise CommandError(f"{path}: expected an array named 'X', found {sorted(arrays)}")
+    X = arrays["X"]
+    if X.ndim != 2 or X.dtype.kind not in "biuf":
+        raise CommandError(f"{path}: 'X' must be a 2-D array of numbers, got {X.dtype} of "
+                           f"shape {X.shape}")
+    names = [f"x{i}" for i in range(X.shape[1])]
+    if features is not None and len(features) != X.shape[1]:
+        raise CommandError(f"{path}: the model expects {len(features)} features, 'X' has "
+                           f"{X.shape[1]} columns")
+    y = None
+    if target is not None:
+        if target not in arrays:
+            raise CommandError(f"{path}: no target array {target!r}; arrays: {sorted(arrays)}")
+        y = arrays[target]
+        if y.ndim != 1 or len(y) != len(X):
+            raise CommandError(f"{path}: target {target!r} must have shape ({len(X)},), one "
+                               f"value per row of 'X', got shape {y.shape}")
+    return X.astype(np.float64), (features or names), y
+
+
+def _read_csv(path, target, features):
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CommandError(f"{path}: not a readable CSV file ({exc})") from None
+    rows = [row for row in rows if row]  # blank lines
+    if len(rows) < 2:
+        raise CommandError(f"{path}: expected a header row and at least one data row")
+    header = [name.strip() for name in rows[0]]
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise CommandError(f"{path}: line {line} has {len(row)} fields, the header has "
+                               f"{len(header)}")
+    columns = dict(zip(header, zip(*rows[1:])))
+    if target is not None and target not in columns:
+        raise CommandError(f"{path}: no column {target!r}; columns: {', '.join(header)}")
+    if features is None:
+        features = [name for name in header if name != target]
+        if not features:
+            raise CommandError(f"{path}: no feature columns besides the target {target!r}")
+    missing = [name for name in features if name not in columns]
+    if missing:
+        raise CommandError(f"{path}: missing column(s) {', '.join(missing)} that the model "
+                           f"was trained on")
+    X = np.empty((len(rows) - 1, len(features)))
+    for j, name in enumerate(features):
+        for i, text in enumerate(columns[name]):
+            try:
+                X[i, j] = float(text)
+            except ValueError:
+                raise CommandError(f"{path}: column {name!r}, line {i + 2}: expected a number, "
+                                   f"got {text!r}") from None
+    if not np.isfinite(X).all():
+        raise CommandError(f"{path}: the feature columns hold NaN or infinity")
+    y = np.array([text.strip() for text in columns[target]]) if target is not None else None
+    return X, list(features), y
+
+
+def _as_numbers(values):
+    """values as float64, or None if any of them is not a number."""
+    try:
+        return values.astype(np.float64)
+    except ValueError:
+        return None
+
+
+def _is_classification(y, task):
+    if task != "auto":
+        return task == "classify"
+    numbers = _as_numbers(y)
+    # labels that are text, or whole numbers (0/1, digits, grades), are classes
+    return numbers is None or bool(np.all(numbers == np.round(numbers)))
+
+
+# ---------------------------------------------------------------------- commands
+
+def train(args):
+    """Train on a data file (or the digits), save the model, report the held-out metrics."""
+    if args.plot:
+        figure_class()  # without matplotlib, fail before training rather than after
+    if args.data is None:
+        X, y, X_val, y_val = load_digits_split(test_fraction=args.validation_fraction,
+                                               seed=args.seed)
+        features = [f"pixel{i}" for i in range(X.shape[1])]
+        target, source = "digit", "digits (scikit-learn)"
+        y, y_val = y.astype(str), y_val.astype(str)
+    else:
+        if args.target is None and not args.data.lower().endswith(".npz"):
+            raise CommandError("--target: name the CSV column to predict")
+        target, source = args.target or "y", args.data
+        X_all, features, y_all = read_table(args.data, target)
+        X, y, X_val, y_val = _split(X_all, y_all, args.validation_fraction, args.seed)
+
+    classification = _is_classification(np.concatenate([y, y_val]), args.task)
+    if classification:
+        classes = np.unique(np.concatenate([y, y_val]))
+        if classes.size < 2:
+            raise CommandError(f"{target}: a classifier needs at least 2 classes, got "
+                               f"{classes.tolist()}")
+        to_index = {label: i for i, label in enumerate(classes)}
+        y, y_val = (np.array([to_index[v] for v in part], dtype=np.intp) for part in (y, y_val))
+        output, n_out = "softmax", classes.size
+    else:
+        y, y_val = _as_numbers(y), _as_numbers(y_val)
+        if y is None or y_val is None:
+            raise CommandError(f"{target}: --task regress needs numbers in the target column")
+        output, n_out = "linear", 1
+
+    optimizer = OPTIMIZERS[args.optimizer]() if args.lr is None \
+        else OPTIMIZERS[args.optimizer](lr=args.lr)
+    net = Network([X.shape[1], *args.hidden, n_out], activation=args.activation, output=output,
+                  batchnorm=not args.no_batchnorm, optimizer=optimizer, dtype=args.dtype,
+                  seed=args.seed)
+    print(f"{source}: {len(X)} training and {len(X_val)} validation rows, {X.shape[1]} "
+          f"features, {'classes ' + str(n_out) if classification else 'regression'}")
+    print(net)
+    callbacks = []
+    if args.patience and len(X_val):
+        callbacks.append(EarlyStopping("val_loss", patience=args.patience))
+    start = time.perf_counter()
+    history = net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size,
+                      validation_data=(X_val, y_val) if len(X_val) else None,
+                      verbose=args.verbose, weight_decay=args.weight_decay, callbacks=callbacks)
+    seconds = time.perf_counter() - start
+    summary = {key: values[-1] for key, values in history.items() if key != "time"}
+    if callbacks and callbacks[0].best_epoch != history.epochs:
+        summary = net.evaluate(X_val, y_val)  # the restored best epoch's scores
+        summary = {"val_" + key: value for key, value in summary.items()}
+    net.metadata = {
+        "features": features, "target": target,
+        "classes": classes.tolist() if classification else None,
+        "training": {"data": source, "rows": len(X), "validation_rows": len(X_val),
+                     "epochs": history.epochs, "seconds": round(seconds, 3),
+                     **{key: round(float(value), 6) for key, value in summary.items()}},
+    }
+    net.save(args.out)
+    if args.plot:
+        history.plot(args.plot, title=f"{source}: hidden {args.hidden}, "
+                                      f"{'no batch norm' if args.no_batchnorm else 'batch norm'}")
+    print(f"saved {args.out}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
+          + (f"; curves in {args.plot}" if args.plot else ""))
+    return 0
+
+
+def _split(X, y, fraction, seed):
+    """Shuffle with the seed and hold out ``fraction`` of the rows for validation."""
+    n_val = int(round(fraction * len(X)))
+    if len(X) - n_val < 2:
+        raise CommandError(f"need at least 2 training rows after holding out "
+                           f"{n_val} for validation, got {len(X)} rows")
+    order = np.random.default_rng(seed).permutation(len(X))
+    val, fit = order[:n_val], order[n_val:]
+    return X[fit], y[fit], X[val], y[val]
+
+
+def _load_model(path):
+    if not os.path.isfile(path):
+        raise CommandError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+            raise CommandError(f"{path}: not a cbn model file (expected an .npz archive "
+                               f"written by cbn train or Network.save)")
+    return Network.load(path)  # a ValueError names the file and what is wrong with it
+
+
+def _model_inputs(net, path, target=None):
+    """Read a data file with the model's feature columns, checking the feature count."""
+    features = net.metadata.get("features")
+    X, _, y = read_table(path, target, features)
+    if X.shape[1] != net.layer_sizes[0]:
+        raise CommandError(f"{path}: the model expects {net.layer_sizes[0]} features, the "
+                           f"file has {X.shape[1]}")
+    return X, y
+
+
+def _encode_target(net, y, path):
+    """Targets from a file as the network wants them: class indices, or numbers."""
+    classes = net.metadata.get("classes")
+    if net.output == "softmax" and classes is not None:
+        to_index = {str(label): i for i, label in enumerate(classes)}
+        unknown = sorted(set(map(str, y)) - set(to_index))
+        if unknown:
+            raise CommandError(f"{path}: labels {unknown[:5]} were not seen in training "
+                               f"(known: {list(to_index)[:10]})")
+        return np.array([to_index[str(v)] for v in y], dtype=np.intp)
+    numbers = _as_numbers(y)
+    if numbers is None:
+        raise CommandError(f"{path}: the target column must hold numbers for this model")
+    return numbers
+
+
+def predict(args):
+    """Write one prediction per row of DATA as CSV (to --out, or stdout)."""
+    net = _load_model(args.model)
+    X, _ = _model_inputs(net, args.data)
+    predicted = net.predict(X)
+    classes = net.metadata.get("classes")
+    if net.output == "softmax" and classes is not None:
+        predicted = [classes[i] for i in predicted]
+    else:
+        predicted = predicted.reshape(len(X), -1).tolist()
+    name = net.metadata.get("target", "prediction")
+    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    try:
+        writer = csv.writer(out)
+        width = net.layer_sizes[-1] if net.output != "softmax" else 1
+        writer.writerow([name] if width == 1 else [f"{name}{j}" for j in range(width)])
+        for value in predicted:
+            writer.writerow(value if isinstance(value, list) else [value])
+    finally:
+        if args.out:
+            out.close()
+    if args.out:
+        print(f"wrote {len(X)} predictions to {args.out}")
+    return 0
+
+
+def evaluate(args):
+    """Print the loss (and accuracy) of the model on DATA, in inference mode."""
+    net = _load_model(args.model)
+    target = args.target or net.metadata.get("target") or "y"
+    X, y = _model_inputs(net, args.data, target)
+    scores = net.evaluate(X, _encode_target(net, y, args.data))
+    print(f"{args.data}: {len(X)} rows, " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    return 0
+
+
+def info(args):
+    """Describe a saved model: architecture, parameters, optimizer, training summary."""
+    net = _load_model(args.model)
+    print(f"{args.model}: {net}")
+    for layer in net.layers:
+        print(f"  {layer}")
+    print(f"parameters: {net.n_params}, optimizer steps taken: {net.optimizer.t}")
+    meta = net.metadata
+    if meta.get("features"):
+        names = meta["features"]
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        print(f"features: {shown}")
+    if meta.get("target"):
+        classes = meta.get("classes")
+        print(f"target: {meta['target']}" + (f" (classes {classes})" if classes else ""))
+    if meta.get("training"):
+        print("training: " + json.dumps(meta["training"]))
+    return 0
 
 
 def demo(args):
@@ -19,7 +307,7 @@ def demo(args):
         print(f"\n{'with' if batchnorm else 'without'} batch norm: {net}")
         start = time.perf_counter()
         net.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                validation_data=(X_test, y_test), verbose=1)
+                validation_data=(X_test, y_test), verbose=2)
         seconds = time.perf_counter() - start
         accuracy = net.evaluate(X_test, y_test)["accuracy"]
         print(f"{'with' if batchnorm else 'without'} batch norm: held-out accuracy "
@@ -27,9 +315,76 @@ def demo(args):
     return 0
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m cbn", description=__doc__)
+# ---------------------------------------------------------------------- argument parsing
+
+def _hidden_sizes(text):
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected sizes such as 128,64, got {text!r}")
+    return sizes
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="cbn", description="Train and use fully-connected networks with batch norm.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train", help="train on a CSV or NPZ file (or the digits data)")
+    p.add_argument("data", nargs="?", help="CSV or NPZ file; without it, the digits data")
+    p.add_argument("--target", help="the column (CSV) or array (NPZ, default y) to predict")
+    p.add_argument("--task", choices=["auto", "classify", "regress"], default="auto",
+                   help="auto: text or whole-number targets are classes (default)")
+    p.add_argument("--hidden", type=_hidden_sizes, default=[128, 64],
+                   help="hidden layer sizes, e.g. 128,64 (default)")
+    p.add_argument("--activation", default="relu",
+                   choices=["relu", "leaky_relu", "tanh", "sigmoid", "linear"])
+    p.add_argument("--no-batchnorm", action="store_true", help="train without batch norm")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    p.add_argument("--lr", type=float, help="learning rate (default: the optimizer's)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty on W")
+    p.add_argument("--patience", type=int, default=0,
+                   help="stop after this many epochs without a better validation loss, "
+                        "keeping the best weights (default 0: off)")
+    p.add_argument("--validation-fraction", type=_fraction, default=0.2)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
+                   help="1: a progress bar per epoch (default), 2: a line per epoch")
+    p.add_argument("--out", default="model.npz", help="model file to write (default model.npz)")
+    p.add_argument("--plot", metavar="PNG", help="also save the learning curves (matplotlib)")
+    p.set_defaults(run=train)
+
+    p = commands.add_parser("predict", help="predict every row of a data file")
+    p.add_argument("model")
+    p.add_argument("data")
+    p.add_argument("--out", help="CSV file to write (default: standard output)")
+    p.set_defaults(run=predict)
+
+    p = commands.add_parser("evaluate", help="loss and accuracy of a model on a data file")
+    p.add_argument("model")
+    p.add_argument("data")
+    p.add_argument("--target", help="default: the column the model was trained on")
+    p.set_defaults(run=evaluate)
+
+    p = commands.add_parser("info", help="describe a saved model")
+    p.add_argument("model")
+    p.set_defaults(run=info)
+
     p = commands.add_parser("demo", help="train on the digits data with and without batch norm")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=32)
@@ -37,8 +392,21 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=demo)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("cbn: interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, ValueError, TypeError, OSError, ImportError,
+            FloatingPointError) as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the exception held
+        print(f"cbn: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

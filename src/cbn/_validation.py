@@ -187,3 +187,16 @@ def check_validation_data(validation_data):
         raise TypeError(
             f"validation_data: expected a pair (X_val, y_val), got {type(validation_data).__name__}")
     return validation_data
+
+
+def check_callbacks(callbacks):
+    """Return callbacks as a list of callables."""
+    if callable(callbacks) or isinstance(callbacks, (str, bytes)) \
+            or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"callbacks: expected a list of callables, got {callbacks!r}")
+    callbacks = list(callbacks)
+    for i, callback in enumerate(callbacks):
+        if not callable(callback):
+            raise TypeError(f"callbacks[{i}]: expected a callable callback(net, epoch, history), "
+                            f"got {callback!r}")
+    return callbacks

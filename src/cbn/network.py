@@ -6,6 +6,7 @@ Per batch size, the work buffers of a training step are allocated once and reuse
 """
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import time
 
 import numpy as np
 
-from cbn import _kernels
+from cbn import _kernels, _progress
 from cbn import _validation as check
 from cbn.optimizers import OPTIMIZERS, make_optimizer
 
@@ -66,12 +67,18 @@ class Layer:
 
 class History(dict):
     """What ``fit`` records per epoch: lists under 'loss', 'accuracy' (softmax and sigmoid
-    outputs), 'val_loss', 'val_accuracy' (with validation data) and 'time' (seconds)."""
+    outputs), 'val_loss', 'val_accuracy' (with validation data), 'lr' (with a learning-rate
+    schedule) and 'time' (seconds)."""
 
     @property
     def epochs(self):
         """Number of epochs recorded."""
         return len(self.get("loss", ()))
+
+    def plot(self, path=None, *, title=None):
+        """Draw the loss and accuracy curves, train and validation; see :func:`cbn.plot_history`."""
+        from cbn.plotting import plot_history
+        return plot_history(self, path, title=title)
 
 
 class _Workspace:
@@ -119,6 +126,17 @@ class Network:
         Slope of leaky_relu for negative inputs, in [0, 1).
     seed : int or None, default=None
         Seeds the ``numpy.random.Generator`` used for initialization and shuffling.
+
+    Attributes
+    ----------
+    history : History or None
+        What the latest ``fit`` recorded.
+    metadata : dict
+        Free-form notes saved with the model (JSON types only), e.g. the feature names and
+        class labels the command line stores.
+
+    A network pickles (and deep-copies) through its save format, so the copy holds the
+    same weights, statistics, optimizer state and metadata, but no history.
     """
 
     def __init__(self, layer_sizes, *, activation="relu", output="softmax", batchnorm=True,
@@ -146,7 +164,10 @@ class Network:
         optimizer._bind(self, self._params.size, self.dtype)
         self.optimizer = optimizer
         self._workspaces = {}
+        self._weight_keys = [key for key in self._param_views if key.endswith(".W")]
+        self._weight_decay = 0.0  # set by fit for its duration
         self.history = None  # the History of the latest fit, complete or not
+        self.metadata = {}
 
     # ------------------------------------------------------------------ structure
 
@@ -325,6 +346,8 @@ class Network:
                 f"training diverged at optimizer step {self.optimizer.t + 1}: the loss or a "
                 f"gradient is not finite (loss = {loss}). The network keeps its state from "
                 f"before this step; try a smaller learning rate.")
+        if self._weight_decay:  # only inside fit(weight_decay=...)
+            self._add_weight_decay()
         self._update_running_stats(X.shape[0])
         self.optimizer.step(self._params, self._grads)
         return loss
@@ -386,7 +409,7 @@ class Network:
         return int(np.count_nonzero((logits > 0) == (targets > 0.5)))
 
     def fit(self, X, y, *, epochs=10, batch_size=32, shuffle=True, validation_data=None,
-            verbose=0):
+            verbose=0, lr_schedule=None, weight_decay=0.0, callbacks=()):
         """Train with mini-batch gradient descent.
 
         Parameters
@@ -404,13 +427,29 @@ class Network:
         validation_data : (X_val, y_val), optional
             Evaluated in inference mode after every epoch.
         verbose : int, default=0
-            0 is silent; 1 or more prints one line per epoch.
+            0 is silent; 1 shows a progress bar per epoch with the running loss and, at the
+            end of the epoch, its metrics (tqdm's bar when tqdm is installed, a plain one
+            otherwise); 2 prints one line per epoch.
+        lr_schedule : callable, optional
+            ``lr_schedule(epoch) -> lr``, epoch counting this call's epochs from 0; sets
+            ``optimizer.lr`` before every epoch (which keeps the last value afterwards) and
+            records it in ``history['lr']``. See :mod:`cbn.callbacks` for the lecture's decays.
+        weight_decay : float, default=0.0
+            L2 penalty ``weight_decay / 2 * sum(W**2)`` over the weight matrices W (not b,
+            gamma, beta): every step adds ``weight_decay * W`` to ``dW`` before the
+            optimizer update. The recorded losses exclude the penalty.
+        callbacks : sequence of callables, default=()
+            Each is called as ``callback(net, epoch, history)`` after every epoch (epoch
+            from 1); a true return value stops training. Optional methods
+            ``on_train_begin(net, history)`` and ``on_train_end(net, history)`` are called
+            too; see :class:`cbn.EarlyStopping`.
 
         Returns
         -------
         History
-            Per-epoch 'loss', 'accuracy', 'val_loss', 'val_accuracy', 'time'; also kept as
-            ``net.history``, which holds the completed epochs if fit stops early.
+            Per-epoch 'loss', 'accuracy', 'val_loss', 'val_accuracy', 'time' (and 'lr' with a
+            schedule); also kept as ``net.history``, which holds the completed epochs if fit
+            stops early.
 
         Raises
         ------
@@ -423,6 +462,11 @@ class Network:
         batch_size = check.check_int("batch_size", batch_size, self._min_train_rows)
         verbose = check.check_int("verbose", verbose, 0)
         shuffle = check.check_bool("shuffle", shuffle)
+        weight_decay = check.check_float("weight_decay", weight_decay, 0.0, math.inf,
+                                         high_open=True)
+        if lr_schedule is not None and not callable(lr_schedule):
+            raise TypeError(f"lr_schedule: expected a function of the epoch, got {lr_schedule!r}")
+        callbacks = check.check_callbacks(callbacks)
         X, targets = self._check_batch(X, y, min_rows=self._min_train_rows)
         validation = None
         if validation_data is not None:
@@ -444,11 +488,24 @@ class Network:
             history["val_loss"] = []
             if with_accuracy:
                 history["val_accuracy"] = []
+        if lr_schedule is not None:
+            history["lr"] = []
+        progress = _progress.Progress(verbose, epochs, len(bounds)) if verbose else None
 
         self.history = history
-        with _interrupts_between_steps() as interrupted:
+        for callback in callbacks:
+            if hasattr(callback, "on_train_begin"):
+                callback.on_train_begin(self, history)
+        with _interrupts_between_steps() as interrupted, \
+                self._fit_state(weight_decay, progress):
             for epoch in range(1, epochs + 1):
                 start_time = time.perf_counter()
+                if lr_schedule is not None:
+                    self.optimizer.lr = check.check_positive(
+                        f"lr_schedule({epoch - 1})", lr_schedule(epoch - 1))
+                    history["lr"].append(self.optimizer.lr)
+                if progress is not None:
+                    progress.begin(epoch)
                 if shuffle:
                     self._rng.shuffle(order)
                 loss_sum, correct = 0.0, 0
@@ -459,21 +516,31 @@ class Network:
                         np.take(targets, order[start:stop], axis=0, out=tb)
                     else:
                         Xb, tb = X[start:stop], targets[start:stop]
-                    loss_sum += self._step(Xb, tb) * (stop - start)
+                    loss = self._step(Xb, tb)
+                    loss_sum += loss * (stop - start)
                     if with_accuracy:
                         correct += self._correct_count(self._workspace(stop - start), tb)
+                    if progress is not None:
+                        progress.step(loss)
                     if interrupted():
                         raise KeyboardInterrupt(
                             f"fit interrupted in epoch {epoch} after optimizer step "
                             f"{self.optimizer.t}; the network holds that step's state and "
                             f"net.history the completed epochs")
-                self._end_epoch(history, epoch, epochs, loss_sum / m, correct / targets.size,
-                                validation, start_time, verbose)
+                self._end_epoch(history, loss_sum / m, correct / targets.size, validation,
+                                start_time)
+                if progress is not None:
+                    progress.end(epoch, history)
+                # every callback sees every epoch, even when an earlier one asks to stop
+                if any([callback(self, epoch, history) for callback in callbacks]):
+                    break
+        for callback in callbacks:
+            if hasattr(callback, "on_train_end"):
+                callback.on_train_end(self, history)
         return history
 
-    def _end_epoch(self, history, epoch, epochs, loss, accuracy, validation, start_time,
-                   verbose):
-        """Record one epoch in history (validating in inference mode) and report it."""
+    def _end_epoch(self, history, loss, accuracy, validation, start_time):
+        """Record one epoch in history, validating in inference mode."""
         history["loss"].append(loss)
         if "accuracy" in history:
             history["accuracy"].append(accuracy)
@@ -483,10 +550,35 @@ class Network:
             if "val_accuracy" in history:
                 history["val_accuracy"].append(scores["accuracy"])
         history["time"].append(time.perf_counter() - start_time)
-        if verbose:
-            parts = [f"{key} {values[-1]:.4f}" for key, values in history.items() if key != "time"]
-            print(f"epoch {epoch}/{epochs}  " + "  ".join(parts)
-                  + f"  ({history['time'][-1]:.2f}s)", flush=True)
+
+    @contextlib.contextmanager
+    def _fit_state(self, weight_decay, progress):
+        """Hold fit's per-call state (weight decay, progress bar) and undo it however fit ends."""
+        self._weight_decay = weight_decay
+        try:
+            yield
+        finally:
+            self._weight_decay = 0.0
+            if progress is not None:
+                progress.close()
+
+    def _add_weight_decay(self):
+        """dW += weight_decay * W for every weight matrix (b, gamma and beta are not decayed)."""
+        for key in self._weight_keys:
+            self._grad_views[key] += self._weight_decay * self._param_views[key]
+
+    def _snapshot(self, out=None):
+        """Copy parameters and running statistics (into ``out`` from an earlier snapshot)."""
+        if out is None:
+            return self._params.copy(), self._running.copy()
+        np.copyto(out[0], self._params)
+        np.copyto(out[1], self._running)
+        return out
+
+    def _restore(self, snapshot):
+        """Put back parameters and running statistics from :meth:`_snapshot`."""
+        np.copyto(self._params, snapshot[0])
+        np.copyto(self._running, snapshot[1])
 
     # ------------------------------------------------------------------ inference
 
@@ -588,6 +680,7 @@ class Network:
             "optimizer": {"name": type(self.optimizer).__name__.lower(),
                           "config": self.optimizer.get_config(), "t": self.optimizer.t},
             "rng_state": self._rng.bit_generator.state,
+            "metadata": self.metadata,
         }
 
     def _arrays(self):
@@ -599,18 +692,16 @@ class Network:
         """Save weights, batch-norm statistics, optimizer state and hyper-parameters.
 
         The file is a NumPy ``.npz`` archive without pickled objects, with a format version
-        and a checksum of its arrays. It is written to a temporary file in the same folder
-        and renamed over ``path``, so a failed save leaves any previous file intact.
+        and a checksum of its configuration and arrays. It is written to a temporary file in
+        the same folder and renamed over ``path``, so a failed save leaves any previous file
+        intact.
         """
         path = check.check_path(path)
-        arrays = self._arrays()
-        config = self._config()
-        config["checksum"] = _checksum(config, arrays)
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".cbn-", suffix=".tmp", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, config=np.array(json.dumps(config)), **arrays)
+                self._write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -618,6 +709,20 @@ class Network:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+    def _write(self, f):
+        """Write the save format to the binary file object f."""
+        arrays = self._arrays()
+        config = self._config()
+        config["checksum"] = _checksum(config, arrays)
+        np.savez(f, config=np.array(json.dumps(config)), **arrays)
+
+    def __reduce__(self):
+        # the flat buffers and their views must be rebuilt together, so copies go through
+        # the save format (arrays and JSON only) rather than the instance __dict__
+        f = io.BytesIO()
+        self._write(f)
+        return _network_from_bytes, (f.getvalue(),)
 
     @classmethod
     def load(cls, path):
@@ -680,7 +785,14 @@ class Network:
             target[...] = source
         net.optimizer.t = check.check_int("optimizer step count", opt["t"], 0)
         net._rng.bit_generator.state = config["rng_state"]
+        net.metadata = config.get("metadata", {})
         return net
+
+
+def _network_from_bytes(data):
+    """Unpickle a Network from the bytes of its save format."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as contents:
+        return Network._from_contents({name: contents[name] for name in contents.files})
 
 
 @contextlib.contextmanager
@@ -704,7 +816,8 @@ def _interrupts_between_steps():
 
 def _checksum(config, arrays):
     """SHA-256 over the configuration and the names, dtypes, shapes and bytes of the arrays."""
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    # the JSON text round-trips exactly (key order included), unlike sorting mixed-type keys
+    digest = hashlib.sha256(json.dumps(config).encode())
     for name in sorted(arrays):
         arr = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())

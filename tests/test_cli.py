@@ -1,0 +1,187 @@
+"""The command line on real files: train, predict, evaluate, info, and bad input."""
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cbn
+from cbn.__main__ import main
+
+
+@pytest.fixture
+def files(tmp_path, rng):
+    """A CSV with text labels (classification) and an NPZ with a numeric target (regression)."""
+    X = rng.standard_normal((200, 3))
+    labels = np.where(X[:, 0] + X[:, 1] > 0.3, "setosa",
+                      np.where(X[:, 2] > 0, "versicolor", "virginica"))
+    with open(tmp_path / "flowers.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["petal", "sepal", "stem", "species"])
+        writer.writerows([*np.round(x, 5), label] for x, label in zip(X, labels))
+    np.savez(tmp_path / "reg.npz", X=X, y=2 * X[:, 0] - X[:, 1] + 0.25)
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def trained(files, capsys, *extra):
+    code, out, err = run(capsys, "train", files / "flowers.csv", "--target", "species",
+                         "--epochs", 8, "--verbose", 0, "--out", files / "m.npz", *extra)
+    assert code == 0, err
+    return files / "m.npz", out
+
+
+def test_train_saves_a_model_with_its_columns_and_labels(files, capsys):
+    model, out = trained(files, capsys)
+    assert "160 training and 40 validation rows, 3 features, classes 3" in out
+    net = cbn.Network.load(model)
+    assert net.layer_sizes == (3, 128, 64, 3) and net.output == "softmax"
+    assert net.metadata["features"] == ["petal", "sepal", "stem"]
+    assert net.metadata["classes"] == ["setosa", "versicolor", "virginica"]
+    assert net.metadata["training"]["epochs"] == 8
+    assert net.metadata["training"]["val_accuracy"] > 0.8
+
+
+def test_train_options(files, capsys):
+    code, out, err = run(capsys, "train", files / "flowers.csv", "--target", "species",
+                         "--hidden", "16", "--no-batchnorm", "--optimizer", "sgd", "--lr", "0.05",
+                         "--epochs", 3, "--batch-size", 16, "--verbose", 2, "--dtype", "float64",
+                         "--out", files / "sgd.npz")
+    assert code == 0, err
+    assert [line.split("  ")[0] for line in out.splitlines() if line.startswith("epoch")] == \
+        ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    net = cbn.Network.load(files / "sgd.npz")
+    assert net.layer_sizes == (3, 16, 3) and not net.batchnorm
+    assert repr(net.optimizer) == "SGD(lr=0.05)" and net.optimizer.t == 3 * 10
+
+
+def test_train_with_early_stopping_and_plot(files, capsys):
+    pytest.importorskip("matplotlib")
+    _, out = trained(files, capsys, "--patience", "2", "--plot", files / "curves.png")
+    assert (files / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_writes_one_label_per_row(files, capsys):
+    model, _ = trained(files, capsys)
+    code, out, _ = run(capsys, "predict", model, files / "flowers.csv", "--out", files / "p.csv")
+    assert code == 0 and "wrote 200 predictions" in out
+    with open(files / "p.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["species"] and len(rows) == 201
+    with open(files / "flowers.csv") as f:
+        truth = [row[-1] for row in csv.reader(f)][1:]
+    predicted = [row[0] for row in rows[1:]]
+    assert set(predicted) <= {"setosa", "versicolor", "virginica"}
+    assert np.mean(np.array(predicted) == np.array(truth)) > 0.8
+    code, out, _ = run(capsys, "predict", model, files / "flowers.csv")  # to standard output
+    assert code == 0 and out.splitlines() == [",".join(row) for row in rows]
+
+
+def test_evaluate_and_info(files, capsys):
+    model, _ = trained(files, capsys)
+    code, out, _ = run(capsys, "evaluate", model, files / "flowers.csv")
+    assert code == 0
+    accuracy = float(out.split("accuracy ")[1])
+    assert out.startswith(f"{files / 'flowers.csv'}: 200 rows, loss ") and accuracy > 0.8
+    code, out, _ = run(capsys, "info", model)
+    assert code == 0
+    assert "Layer(0: 3 -> 128, batchnorm+relu)" in out and "parameters: " in out
+    assert f"parameters: {cbn.Network.load(model).n_params}," in out
+    assert "features: petal, sepal, stem" in out and "versicolor" in out and '"epochs": 8' in out
+
+
+def test_regression_on_npz(files, capsys):
+    code, out, err = run(capsys, "train", files / "reg.npz", "--epochs", 30, "--verbose", 0,
+                         "--lr", 0.01, "--out", files / "r.npz")
+    assert code == 0, err
+    assert "regression" in out
+    code, out, _ = run(capsys, "evaluate", files / "r.npz", files / "reg.npz")
+    assert code == 0 and float(out.split("loss ")[1]) < 0.5  # the target's variance is 5
+    code, out, _ = run(capsys, "predict", files / "r.npz", files / "reg.npz")
+    values = np.array(out.splitlines()[1:], dtype=float)
+    assert out.splitlines()[0] == "y" and values.shape == (200,)
+
+
+def test_train_on_digits_without_data(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    code, out, err = run(capsys, "train", "--epochs", 1, "--verbose", 0,
+                         "--out", tmp_path / "d.npz")
+    assert code == 0, err
+    assert "digits" in out and cbn.Network.load(tmp_path / "d.npz").layer_sizes[0] == 64
+
+
+def bad_files(files):
+    (files / "ragged.csv").write_text("a,b,label\n1,2,x\n3,y\n")
+    (files / "words.csv").write_text("a,b,label\n1,2,x\n3,oops,y\n4,5,x\n")
+    (files / "empty.csv").write_text("")
+    (files / "binary.csv").write_bytes(b"\xff\xfe\x00garbage")
+    (files / "nan.csv").write_text("a,b,label\n1,nan,x\n3,4,y\n5,6,x\n")
+    np.savez(files / "noX.npz", features=np.ones((4, 3)))
+    np.savez(files / "wide.npz", X=np.ones((4, 5)), y=np.ones(4))
+    np.savez(files / "short_y.npz", X=np.ones((4, 3)), y=np.ones(3))
+    (files / "fake.npz").write_bytes(b"PK\x03\x04 not really a zip")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "{f}/missing.csv", "--target", "y"], "missing.csv: no such file"),
+    (["train", "{f}/flowers.csv", "--target", "colour"], "no column 'colour'"),
+    (["train", "{f}/flowers.csv"], "--target"),
+    (["train", "{f}/ragged.csv", "--target", "label"], "line 3 has 2 fields"),
+    (["train", "{f}/words.csv", "--target", "label"], "column 'b', line 3: expected a number"),
+    (["train", "{f}/empty.csv", "--target", "label"], "header row"),
+    (["train", "{f}/binary.csv", "--target", "label"], "not a readable CSV"),
+    (["train", "{f}/nan.csv", "--target", "label"], "NaN"),
+    (["train", "{f}/noX.npz"], "array named 'X'"),
+    (["train", "{f}/short_y.npz"], "one value per row"),
+    (["train", "{f}/fake.npz"], "not a readable NPZ"),
+    (["train", "{f}/flowers.csv", "--target", "species", "--task", "regress"], "numbers"),
+    (["train", "{f}/flowers.csv", "--target", "species", "--epochs", "0"], "epochs"),
+    (["train", "{f}/flowers.csv", "--target", "species", "--lr", "-1"], "lr"),
+    (["predict", "{f}/m.npz", "{f}/wide.npz"], "expects 3 features"),
+    (["predict", "{f}/m.npz", "{f}/words.csv"], "missing column(s) petal, sepal, stem"),
+    (["predict", "{f}/flowers.csv", "{f}/flowers.csv"], "not a cbn model file"),
+    (["predict", "{f}/fake.npz", "{f}/flowers.csv"], "not a readable cbn model file"),
+    (["evaluate", "{f}/m.npz", "{f}/flowers.csv", "--target", "petal"], "not seen in training"),
+    (["info", "{f}/nothing.npz"], "no such file"),
+    (["info", "{f}/reg.npz"], "no cbn configuration"),
+])
+def test_bad_input_is_one_line_on_stderr(files, capsys, argv, message):
+    trained(files, capsys)
+    bad_files(files)
+    code, out, err = run(capsys, *[arg.format(f=files) for arg in argv])
+    assert code == 1
+    assert err.startswith("cbn: error: ") and err.count("\n") == 1, err
+    assert message in err
+
+
+def test_python_m_cbn_exits_cleanly_on_a_bad_file(files):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(cbn.__path__[0])]
+                                        + env.get("PYTHONPATH", "").split(os.pathsep))
+    result = subprocess.run([sys.executable, "-m", "cbn", "info", str(files / "flowers.csv")],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("cbn: error: ")
+
+
+def test_plot_without_matplotlib_fails_before_training(files, capsys, monkeypatch):
+    def missing():
+        raise ImportError("plotting needs matplotlib: pip install 'cbn[plot]'")
+
+    monkeypatch.setattr("cbn.__main__.figure_class", missing)
+    code, _, err = run(capsys, "train", files / "flowers.csv", "--target", "species",
+                       "--plot", files / "c.png", "--out", files / "never.npz")
+    assert code == 1 and "matplotlib" in err and not (files / "never.npz").exists()
+
+
+def test_demo_still_runs(capsys):
+    pytest.importorskip("sklearn")
+    code, out, _ = run(capsys, "demo", "--epochs", 1)
+    assert code == 0 and out.count("held-out accuracy") == 2
