@@ -69,6 +69,30 @@ def test_non_finite_loss_changes_nothing():
     assert_state(net, before)
 
 
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_a_gradient_too_large_for_squared_averages_changes_nothing(optimizer, tmp_path):
+    """Targets of 1e25 give float32 gradients whose squares overflow: before this was
+    refused, Adam's and RMSprop's state became inf silently and the saved file unloadable."""
+    net = cbn.Network([2, 4, 1], output="linear", optimizer=optimizer(), seed=0)
+    X, _ = data(n_x=2)
+    net.train_step(X, np.ones(len(X)))
+    before = state(net)
+    with pytest.raises(FloatingPointError, match="too large"):
+        net.train_step(X, np.full(len(X), 1e25))
+    assert_state(net, before)
+    net.save(tmp_path / "net.npz")
+    assert_state(cbn.Network.load(tmp_path / "net.npz"), before)
+
+
+def test_weight_decay_is_checked_with_the_gradients():
+    net = cbn.Network([4, 8, 3], seed=0)
+    X, y = data()
+    before = state(net)
+    with pytest.raises(FloatingPointError):
+        net.fit(X, y, epochs=1, weight_decay=1e38, shuffle=False)
+    assert_state(net, before)
+
+
 def test_fit_stops_on_divergence_with_the_last_good_state_and_history():
     net = cbn.Network([4, 8, 3], optimizer=cbn.SGD(lr=1e30), seed=0)
     X, y = data()

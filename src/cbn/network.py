@@ -25,6 +25,8 @@ FORMAT_NAME = "cbn.Network"
 FORMAT_VERSION = 1
 # Inference runs in chunks of this many rows, so its buffers stay small for any X.
 INFERENCE_CHUNK = 4096
+# Larger gradients would overflow the squared-gradient averages of RMSprop and Adam.
+_GRADIENT_LIMIT = {t: math.sqrt(np.finfo(t).max) for t in (np.float32, np.float64)}
 # Work buffers are kept for this many batch sizes (typically the batch and the last, odd one).
 MAX_WORKSPACES = 4
 
@@ -336,18 +338,21 @@ class Network:
     def _step(self, X, targets):
         """One training step on a validated batch; returns the loss.
 
-        If the loss or the gradients are not finite, nothing is changed and
+        If the loss or the gradients are not finite, or a gradient is so large that its
+        square (kept by RMSprop and Adam) would overflow the dtype, nothing is changed and
         FloatingPointError is raised.
         """
         loss = self._forward_backward(X, targets, self._workspace(X.shape[0]))
-        # a NaN or inf anywhere in the gradients makes their sum non-finite
-        if not (math.isfinite(loss) and math.isfinite(np.add.reduce(self._grads))):
-            raise FloatingPointError(
-                f"training diverged at optimizer step {self.optimizer.t + 1}: the loss or a "
-                f"gradient is not finite (loss = {loss}). The network keeps its state from "
-                f"before this step; try a smaller learning rate.")
         if self._weight_decay:  # only inside fit(weight_decay=...)
             self._add_weight_decay()
+        # NaN propagates through maximum/minimum; inf or a huge value fails the bound
+        largest = max(np.maximum.reduce(self._grads), -np.minimum.reduce(self._grads))
+        if not (math.isfinite(loss) and largest <= _GRADIENT_LIMIT[self.dtype]):
+            raise FloatingPointError(
+                f"training diverged at optimizer step {self.optimizer.t + 1}: the loss or a "
+                f"gradient is not finite or too large (loss = {loss}, largest |gradient| = "
+                f"{largest}). The network keeps its state from before this step; try a "
+                f"smaller learning rate.")
         self._update_running_stats(X.shape[0])
         self.optimizer.step(self._params, self._grads)
         return loss
