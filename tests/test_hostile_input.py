@@ -507,37 +507,63 @@ def case_targets(net_spec, entry, n, data):
 FIT_ARGS = {"epochs": 1, "batch_size": 2, "verbose": 0}
 
 
-@cases(200)
-@given(net_spec=networks(), data=st.data())
-def case_fit_arguments(net_spec, data):
-    """fit's own arguments: epochs, batch_size, shuffle, verbose, validation_data."""
+def fit_candidates(X, y):
+    """Listed hostile values of fit's arguments, beside the generated scalars."""
+    return {
+        "validation_data": [None, (X, y), [X, y], (X,), (X, y, y), "ab", np.zeros(2),
+                            (X, y[:1]), (X[:, :0], y)],
+        "lr_schedule": [None, "abc", 0.1, lambda e: 0.1, lambda e: -1.0, lambda e: math.nan,
+                        lambda e: 10**400, lambda e: "x", lambda e: None],
+        "callbacks": [(), [], [lambda net, epoch, history: False], (print,), [None],
+                      [lambda *a: 0, 3], lambda *a: False, "abc", np.array(0.1), {1: 2},
+                      np.array([print]), None],
+    }
+
+
+def fit_outcome(net, X, y, name, value):
+    """(valid, name the error must start with) of fit(X, y, name=value), from the contract."""
+    if name == "validation_data":
+        return value is None or (isinstance(value, (tuple, list)) and len(value) == 2
+                                 and value[0] is X and value[1] is y), name
+    if name == "lr_schedule":  # a function of the epoch returning a finite rate > 0
+        if value is None:
+            return True, name
+        if not callable(value):
+            return False, name
+        return real_in(value(0), 0.0, math.inf, True, True) is not None, "lr_schedule(0)"
+    if name == "callbacks":  # any iterable of callables (not a string, not one callable)
+        try:
+            items = None if callable(value) or isinstance(value, (str, bytes)) else list(value)
+        except TypeError:
+            items = None
+        if items is None:
+            return False, name
+        bad = [i for i, c in enumerate(items) if not callable(c)]
+        return not bad, f"callbacks[{bad[0]}]" if bad else name
+    if name == "shuffle":
+        return isinstance(value, (bool, np.bool_)), name
+    if name == "weight_decay":
+        return real_in(value, 0.0, math.inf, high_open=True) is not None, name
+    minimum = {"epochs": 1, "batch_size": train_rows(net), "verbose": 0}[name]
+    return int_at_least(value, minimum) is not None, name
+
+
+def check_fit_argument(net_spec, name, value_of):
+    """fit with one hostile argument (value_of(X, y) gives it): the documented outcome, and
+    on success exactly the result of an identical network."""
     sizes, kwargs = net_spec
     net, reference = fresh(sizes, kwargs), fresh(sizes, kwargs)
     rng = np.random.default_rng(2)
     X = rng.standard_normal((5, sizes[0]))
     y = valid_targets(net, 5, rng)
-    name = data.draw(st.sampled_from(["epochs", "batch_size", "verbose", "shuffle",
-                                      "validation_data", "weight_decay"]))
-    if name == "validation_data":
-        value = data.draw(st.one_of(hostile_scalars, st.sampled_from(
-            [(X, y), [X, y], (X,), (X, y, y), "ab", np.zeros(2), (X, y[:1]), (X[:, :0], y)])))
-        valid = value is None or (
-            isinstance(value, (tuple, list)) and len(value) == 2 and value[0] is X
-            and value[1] is y)
-    else:
-        value = data.draw(st.one_of(hostile_scalars, st.integers(-2, 7)))
-        if name == "shuffle":
-            valid = isinstance(value, (bool, np.bool_))
-        elif name == "weight_decay":
-            valid = real_in(value, 0.0, math.inf, high_open=True) is not None
-        else:
-            minimum = {"epochs": 1, "batch_size": train_rows(net), "verbose": 0}[name]
-            valid = int_at_least(value, minimum) is not None
-            assume(not (valid and name == "epochs" and value > 7))  # valid, but it would run long
+    value = value_of(X, y)
+    valid, error_name = fit_outcome(net, X, y, name, value)
+    if valid and name == "epochs" and value > 7:
+        return  # valid, but it would run long
     log_case("fit", net_spec, name, value)
     arguments = dict(FIT_ARGS, **{name: value})
     if not valid:
-        with raises_naming(name):
+        with raises_naming(error_name):
             net.fit(X, y, **arguments)
         same_state(net, reference)
         return
@@ -552,6 +578,32 @@ def case_fit_arguments(net_spec, data):
         got = net.fit(X, y, **arguments)
     assert got == {**want, "time": got["time"]}
     same_state(net, reference)
+
+
+FIT_NAMES = ["epochs", "batch_size", "verbose", "shuffle", "validation_data", "weight_decay",
+             "lr_schedule", "callbacks"]
+
+
+@cases(300)
+@given(net_spec=networks(), name=st.sampled_from(FIT_NAMES), data=st.data())
+def case_fit_arguments(net_spec, name, data):
+    """fit's own arguments: a generated hostile scalar or, half of the time, a listed value."""
+    listed = data.draw(st.booleans()) and name in ("validation_data", "lr_schedule", "callbacks")
+    if listed:
+        i = data.draw(st.integers(0, len(fit_candidates(np.zeros((2, 2)), np.zeros(2))[name]) - 1))
+        check_fit_argument(net_spec, name, lambda X, y: fit_candidates(X, y)[name][i])
+    else:
+        value = data.draw(st.one_of(hostile_scalars, st.integers(-2, 7)))
+        check_fit_argument(net_spec, name, lambda X, y: value)
+
+
+def case_fit_listed_arguments():
+    """Every listed value of fit's arguments, on two networks (no random choice)."""
+    for net_spec in [([3, 4, 2], dict(seed=0)),
+                     ([2, 1], dict(output="linear", batchnorm=False, seed=0))]:
+        for name, values in fit_candidates(np.zeros((2, 2)), np.zeros(2)).items():
+            for i in range(len(values)):
+                check_fit_argument(net_spec, name, lambda X, y: fit_candidates(X, y)[name][i])
 
 
 # ------------------------------------------------------------------ kernel wrappers
@@ -730,7 +782,8 @@ def case_kernels(call_spec):
 
 # ----------------------------------------------------------------------------- the runner
 
-CHILD_CASES = ["case_features", "case_targets", "case_fit_arguments", "case_kernels"]
+CHILD_CASES = ["case_features", "case_targets", "case_fit_arguments",
+               "case_fit_listed_arguments", "case_kernels"]
 
 
 def run_case_in_this_process(name):

@@ -63,7 +63,8 @@ def big_kernel_calls():
     p, g = rng.standard_normal(1_500_000), rng.standard_normal(1_500_000)
     m, v = np.zeros_like(p), np.zeros_like(p)
     return {
-        "activations": lambda: _kernels.bias_activation_forward(A, Z, b, _kernels.ACTIVATIONS["tanh"]),
+        "activations": lambda: _kernels.bias_activation_forward(
+            A, Z, b, _kernels.ACTIVATIONS["tanh"]),
         "batchnorm": lambda: _kernels.batchnorm_activation_forward(
             A, *stats, Z, b + 1, b, 1e-5, _kernels.ACTIVATIONS["sigmoid"]),
         "losses": lambda: _kernels.softmax_cross_entropy(A, Z, b, labels),

@@ -50,7 +50,7 @@ def check_float(name, value, low, high, *, low_open=False, high_open=False):
 
 
 def check_bool(name, value):
-    """Return value as a bool; only True, False and NumPy bools (a string such as 'no' is truthy)."""
+    """Return value as a bool: True, False or a NumPy bool (a string such as 'no' is truthy)."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {value!r}")
     return bool(value)
@@ -64,7 +64,8 @@ def check_positive(name, value):
 def check_layer_sizes(layer_sizes):
     """Return the layer sizes as a tuple of ints: (n_x, hidden..., n_out), all >= 1."""
     # a set or dict has a length but no order
-    if isinstance(layer_sizes, (str, bytes)) or not isinstance(layer_sizes, (Sequence, np.ndarray)):
+    if isinstance(layer_sizes, (str, bytes)) \
+            or not isinstance(layer_sizes, (Sequence, np.ndarray)):
         raise TypeError(
             f"layer_sizes: expected a list of integers such as [n_x, 128, n_out], "
             f"got {layer_sizes!r}")
@@ -98,7 +99,7 @@ def check_seed(seed):
 
 
 def check_path(path):
-    """Return path as a str or bytes file name (os.fspath), naming the argument if it is not one."""
+    """Return path as a str or bytes file name (os.fspath); a TypeError names the argument."""
     try:
         return os.fspath(path)
     except TypeError:
@@ -194,7 +195,10 @@ def check_callbacks(callbacks):
     if callable(callbacks) or isinstance(callbacks, (str, bytes)) \
             or not hasattr(callbacks, "__iter__"):
         raise TypeError(f"callbacks: expected a list of callables, got {callbacks!r}")
-    callbacks = list(callbacks)
+    try:
+        callbacks = list(callbacks)
+    except TypeError:  # e.g. a 0-d NumPy array has __iter__ but cannot be iterated
+        raise TypeError(f"callbacks: expected a list of callables, got {callbacks!r}") from None
     for i, callback in enumerate(callbacks):
         if not callable(callback):
             raise TypeError(f"callbacks[{i}]: expected a callable callback(net, epoch, history), "
