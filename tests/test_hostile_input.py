@@ -387,6 +387,31 @@ def check_same_result(entry, got, want, net, reference):
 COUNTS = {}
 
 
+def check_refused(net, reference, entry, name, arguments):
+    """The call raises an error naming the argument and changes nothing."""
+    with raises_naming(name):
+        call(net, entry, *arguments)
+    same_state(net, reference)
+
+
+def check_as_clean(net, reference, entry, hostile, clean, may_diverge):
+    """The call with the hostile arguments does exactly what the call with the clean ones
+    does on an identical network: the same result and state, or (if may_diverge) the same
+    FloatingPointError with nothing changed."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            want = call(reference, entry, *clean)
+    except FloatingPointError:
+        assert may_diverge, "diverged on moderate values"
+        with pytest.raises(FloatingPointError), np.errstate(over="ignore", invalid="ignore"):
+            call(net, entry, *hostile)
+        same_state(net, reference)
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        got = call(net, entry, *hostile)
+    check_same_result(entry, got, want, net, reference)
+
+
 def log_case(kind, *parts):
     """Count the case, and write it where the parent test finds it if this process dies."""
     COUNTS[kind] = COUNTS.get(kind, 0) + 1
@@ -413,30 +438,16 @@ def case_features(net_spec, entry, data):
     log_case("features", net_spec, entry, X)
     training = entry in ("train_step", "loss_and_gradients", "fit")
     if not numeric:
-        with raises_naming("X"):
-            call(net, entry, X, y)
-        return
+        return check_refused(net, reference, entry, "X", (X, y))
     with np.errstate(over="ignore"):
         clean = np.asarray(X).astype(net.dtype)  # the one cast the network should make
     if (clean.ndim != 2 or clean.shape[1] != sizes[0]
             or clean.shape[0] < (train_rows(net) if training else 1)
             or not np.isfinite(clean).all()):
-        with raises_naming("X"):
-            call(net, entry, X, y)
-        same_state(net, reference)
-        return
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            want = call(reference, entry, np.ascontiguousarray(clean), y)
-    except FloatingPointError:  # training may diverge; inference overflows on huge X only
-        assert training or np.abs(clean).max() > 1e30, "inference overflowed on moderate X"
-        with pytest.raises(FloatingPointError):
-            call(net, entry, X, y)
-        same_state(net, reference)
-        return
-    with np.errstate(over="ignore", invalid="ignore"):
-        got = call(net, entry, X, y)
-    check_same_result(entry, got, want, net, reference)
+        return check_refused(net, reference, entry, "X", (X, y))
+    # training may diverge; inference overflows on huge X only
+    check_as_clean(net, reference, entry, (X, y), (np.ascontiguousarray(clean), y),
+                   may_diverge=training or np.abs(clean).max() > 1e30)
 
 
 @st.composite
@@ -486,22 +497,10 @@ def case_targets(net_spec, entry, n, data):
     y, clean = data.draw(hostile_targets(net, n))
     log_case("targets", net_spec, entry, y)
     if clean is None:
-        with raises_naming("y"):
-            call(net, entry, X, y)
-        same_state(net, reference)
-        return
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            want = call(reference, entry, X, clean)
-    except FloatingPointError:  # finite but huge targets can overflow the loss
-        assert np.abs(clean).max() > 1e30, "training diverged on moderate targets"
-        with pytest.raises(FloatingPointError), np.errstate(over="ignore", invalid="ignore"):
-            call(net, entry, X, y)
-        same_state(net, reference)
-        return
-    with np.errstate(over="ignore", invalid="ignore"):
-        got = call(net, entry, X, y)
-    check_same_result(entry, got, want, net, reference)
+        return check_refused(net, reference, entry, "y", (X, y))
+    # finite but huge targets can overflow the loss
+    check_as_clean(net, reference, entry, (X, y), (X, clean),
+                   may_diverge=np.abs(clean).max() > 1e30)
 
 
 FIT_ARGS = {"epochs": 1, "batch_size": 2, "verbose": 0}
