@@ -20,7 +20,8 @@ directives = {
     "embedsignature": True,
 }
 
-MODULES = ["_activations", "_batchnorm", "_losses", "_optim", "_kernels"]
+# _capi holds the C-level API (cdef api); cythonize also writes its headers _capi.h and _capi_api.h.
+MODULES = ["_activations", "_batchnorm", "_losses", "_optim", "_kernels", "_capi"]
 
 
 def extension(name):

@@ -3,21 +3,27 @@
 The hot loops (batch norm, activations, losses, optimizer updates) are Cython kernels
 compiled to C; matrix products go to BLAS through NumPy; :class:`Network` ties them together.
 """
-from importlib.metadata import PackageNotFoundError, version as _version
+import os
 
+from cbn._version import __version__
 from cbn.callbacks import EarlyStopping, ExponentialDecay, InverseTimeDecay, StepDecay
 from cbn.network import History, Layer, Network
 from cbn.optimizers import SGD, Adam, Momentum, Optimizer, RMSprop
 from cbn.plotting import plot_history
 
-try:
-    __version__ = _version("cbn")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0+unknown"
+
+def get_include():
+    """Return the folder holding cbn's C headers (_capi.h, _capi_api.h) and .pxd files.
+
+    C extensions that call cbn's C-level API add it to their include_dirs; Cython code
+    needs it only if cbn is not importable at build time (the .pxd files sit beside it).
+    """
+    return os.path.dirname(os.path.abspath(__file__))
+
 
 __all__ = [
     "Network", "Layer", "History",
     "Optimizer", "SGD", "Momentum", "RMSprop", "Adam",
     "InverseTimeDecay", "ExponentialDecay", "StepDecay", "EarlyStopping", "plot_history",
-    "__version__",
+    "__version__", "get_include",
 ]
