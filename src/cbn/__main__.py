@@ -42,7 +42,8 @@ def read_table(path, target=None, features=None):
 
 def _read_npz(path, target, features):
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # opened here, so the file is closed even when np.load fails on it
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except Exception as exc:  # zip, header and pickle-refusal errors alike
         raise CommandError(f"{path}: not a readable NPZ file ({exc})") from None

@@ -5,6 +5,8 @@ validates here first. Every error names the argument, what was expected and what
 """
 import math
 import numbers
+import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,13 +36,24 @@ def check_float(name, value, low, high, *, low_open=False, high_open=False):
     """Return value as a finite float in the interval [low, high] (ends open as asked)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {value!r}")
-    value = float(value)
+    given = value
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float range
+        value = math.inf if value > 0 else -math.inf
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if not math.isfinite(value) or too_low or too_high:
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ValueError(f"{name}: expected a finite number in {interval}, got {value!r}")
+        raise ValueError(f"{name}: expected a finite number in {interval}, got {given!r}")
     return value
+
+
+def check_bool(name, value):
+    """Return value as a bool: True, False or a NumPy bool (a string such as 'no' is truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
 
 
 def check_positive(name, value):
@@ -50,21 +63,28 @@ def check_positive(name, value):
 
 def check_layer_sizes(layer_sizes):
     """Return the layer sizes as a tuple of ints: (n_x, hidden..., n_out), all >= 1."""
-    if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
+    # a set or dict has a length but no order
+    if isinstance(layer_sizes, (str, bytes)) \
+            or not isinstance(layer_sizes, (Sequence, np.ndarray)):
         raise TypeError(
             f"layer_sizes: expected a list of integers such as [n_x, 128, n_out], "
             f"got {layer_sizes!r}")
     if len(layer_sizes) < 2:
         raise ValueError(
             f"layer_sizes: expected at least 2 sizes (inputs and outputs), got {list(layer_sizes)!r}")
-    return tuple(check_int(f"layer_sizes[{i}]", n, 1) for i, n in enumerate(layer_sizes))
+    sizes = tuple(check_int(f"layer_sizes[{i}]", n, 1) for i, n in enumerate(layer_sizes))
+    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    if weights > np.iinfo(np.intp).max // 16:  # NumPy's own error would not name the argument
+        raise ValueError(f"layer_sizes: {weights} weights cannot be addressed in memory, "
+                         f"got {list(sizes)!r}")
+    return sizes
 
 
 def check_dtype(dtype):
     """Return np.float32 or np.float64 from a name or a NumPy dtype."""
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError:
+    try:  # np.dtype(None) is float64, so None is refused explicitly
+        resolved = None if dtype is None else np.dtype(dtype)
+    except Exception:  # TypeError, ValueError, even SyntaxError for strings such as 'f4,,'
         resolved = None
     if resolved is None or resolved.name not in DTYPES:
         raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
@@ -78,8 +98,19 @@ def check_seed(seed):
     return check_int("seed", seed, 0)
 
 
+def check_path(path):
+    """Return path as a str or bytes file name (os.fspath); a TypeError names the argument."""
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path: expected a file name (str or os.PathLike), got {path!r}") from None
+
+
 def _as_numeric_array(name, value):
     """np.asarray(value), refusing anything that is not real numbers (or bool)."""
+    if isinstance(value, np.ma.MaskedArray):  # np.asarray would silently use the masked values
+        raise TypeError(f"{name}: expected an array of real numbers, got a masked array; "
+                        f"fill or drop the masked entries first")
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as exc:  # ragged nested lists, objects NumPy cannot convert
@@ -166,7 +197,10 @@ def check_callbacks(callbacks):
     if callable(callbacks) or isinstance(callbacks, (str, bytes)) \
             or not hasattr(callbacks, "__iter__"):
         raise TypeError(f"callbacks: expected a list of callables, got {callbacks!r}")
-    callbacks = list(callbacks)
+    try:
+        callbacks = list(callbacks)
+    except TypeError:  # e.g. a 0-d NumPy array has __iter__ but cannot be iterated
+        raise TypeError(f"callbacks: expected a list of callables, got {callbacks!r}") from None
     for i, callback in enumerate(callbacks):
         if not callable(callback):
             raise TypeError(f"callbacks[{i}]: expected a callable callback(net, epoch, history), "

@@ -25,6 +25,8 @@ FORMAT_NAME = "cbn.Network"
 FORMAT_VERSION = 1
 # Inference runs in chunks of this many rows, so its buffers stay small for any X.
 INFERENCE_CHUNK = 4096
+# Larger gradients would overflow the squared-gradient averages of RMSprop and Adam.
+_GRADIENT_LIMIT = {t: math.sqrt(np.finfo(t).max) for t in (np.float32, np.float64)}
 # Work buffers are kept for this many batch sizes (typically the batch and the last, odd one).
 MAX_WORKSPACES = 4
 
@@ -145,9 +147,7 @@ class Network:
         self.layer_sizes = check.check_layer_sizes(layer_sizes)
         self.activation = check.check_choice("activation", activation, check.ACTIVATIONS)
         self.output = check.check_choice("output", output, check.OUTPUTS)
-        if not isinstance(batchnorm, (bool, np.bool_)):
-            raise TypeError(f"batchnorm: expected True or False, got {batchnorm!r}")
-        self.batchnorm = bool(batchnorm)
+        self.batchnorm = check.check_bool("batchnorm", batchnorm)
         self.dtype = check.check_dtype(dtype)
         self.bn_momentum = check.check_float("bn_momentum", bn_momentum, 0.0, 1.0)
         self.bn_eps = check.check_positive("bn_eps", bn_eps)
@@ -338,18 +338,21 @@ class Network:
     def _step(self, X, targets):
         """One training step on a validated batch; returns the loss.
 
-        If the loss or the gradients are not finite, nothing is changed and
+        If the loss or the gradients are not finite, or a gradient is so large that its
+        square (kept by RMSprop and Adam) would overflow the dtype, nothing is changed and
         FloatingPointError is raised.
         """
         loss = self._forward_backward(X, targets, self._workspace(X.shape[0]))
-        # a NaN or inf anywhere in the gradients makes their sum non-finite
-        if not (math.isfinite(loss) and math.isfinite(np.add.reduce(self._grads))):
-            raise FloatingPointError(
-                f"training diverged at optimizer step {self.optimizer.t + 1}: the loss or a "
-                f"gradient is not finite (loss = {loss}). The network keeps its state from "
-                f"before this step; try a smaller learning rate.")
         if self._weight_decay:  # only inside fit(weight_decay=...)
             self._add_weight_decay()
+        # NaN propagates through maximum/minimum; inf or a huge value fails the bound
+        largest = max(np.maximum.reduce(self._grads), -np.minimum.reduce(self._grads))
+        if not (math.isfinite(loss) and largest <= _GRADIENT_LIMIT[self.dtype]):
+            raise FloatingPointError(
+                f"training diverged at optimizer step {self.optimizer.t + 1}: the loss or a "
+                f"gradient is not finite or too large (loss = {loss}, largest |gradient| = "
+                f"{largest}). The network keeps its state from before this step; try a "
+                f"smaller learning rate.")
         self._update_running_stats(X.shape[0])
         self.optimizer.step(self._params, self._grads)
         return loss
@@ -374,6 +377,7 @@ class Network:
         grads : dict of str to ndarray
             Keyed like :meth:`parameters`; fresh copies.
         """
+        input_gradient = check.check_bool("input_gradient", input_gradient)
         X, targets = self._check_batch(X, y, min_rows=self._min_train_rows)
         ws = self._workspace(X.shape[0])
         result = self._forward_backward(X, targets, ws, input_gradient=input_gradient)
@@ -462,6 +466,7 @@ class Network:
         epochs = check.check_int("epochs", epochs, 1)
         batch_size = check.check_int("batch_size", batch_size, self._min_train_rows)
         verbose = check.check_int("verbose", verbose, 0)
+        shuffle = check.check_bool("shuffle", shuffle)
         weight_decay = check.check_float("weight_decay", weight_decay, 0.0, math.inf,
                                          high_open=True)
         if lr_schedule is not None and not callable(lr_schedule):
@@ -605,6 +610,12 @@ class Network:
                     _kernels.bias_activation_forward(Z, Z, layer.b, code, slope)
                 A = Z
             logits[start:start + rows] = (A @ out.W.T)[:rows]
+        # finite but huge X can overflow on the way (inf, then NaN): an error, not an answer
+        if not np.isfinite(logits).all():
+            raise FloatingPointError(
+                f"X: the network's outputs overflowed to infinity or NaN; the values of X "
+                f"(max |X| = {np.abs(X).max():g}) are too large for "
+                f"{np.dtype(self.dtype).name} computation")
         return logits
 
     def _outputs(self, logits):
@@ -692,10 +703,11 @@ class Network:
         """Save weights, batch-norm statistics, optimizer state and hyper-parameters.
 
         The file is a NumPy ``.npz`` archive without pickled objects, with a format version
-        and a checksum of its arrays. It is written to a temporary file in the same folder
-        and renamed over ``path``, so a failed save leaves any previous file intact.
+        and a checksum of its configuration and arrays. It is written to a temporary file in
+        the same folder and renamed over ``path``, so a failed save leaves any previous file
+        intact.
         """
-        path = os.fspath(path)
+        path = check.check_path(path)
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".cbn-", suffix=".tmp", dir=folder)
         try:
@@ -713,7 +725,7 @@ class Network:
         """Write the save format to the binary file object f."""
         arrays = self._arrays()
         config = self._config()
-        config["checksum"] = _checksum(arrays)
+        config["checksum"] = _checksum(config, arrays)
         np.savez(f, config=np.array(json.dumps(config)), **arrays)
 
     def __reduce__(self):
@@ -730,8 +742,9 @@ class Network:
         Raises ValueError if the file is not a cbn network, is damaged, was edited, or was
         written by an unknown format version.
         """
-        try:
-            with np.load(path, allow_pickle=False) as data:
+        path = check.check_path(path)
+        try:  # the file is opened here, so it is closed even when np.load fails on it
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
                 contents = {name: data[name] for name in data.files}
         except FileNotFoundError:
             raise
@@ -741,7 +754,7 @@ class Network:
             return cls._from_contents(contents)
         except ValueError as exc:
             raise ValueError(f"path: {os.fspath(path)!r}: {exc}") from None
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
             raise ValueError(f"path: {os.fspath(path)!r} is not a valid cbn model file "
                              f"({type(exc).__name__}: {exc})") from None
 
@@ -755,8 +768,13 @@ class Network:
         if config.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"expected format version {FORMAT_VERSION}, "
                              f"got {config.get('format_version')!r}")
-        if config.get("checksum") != _checksum(contents):
-            raise ValueError("checksum mismatch: the arrays were damaged or edited")
+        if config.pop("checksum", None) != _checksum(config, contents):
+            raise ValueError("checksum mismatch: the file was damaged or edited")
+        # a forged configuration must not make the constructor allocate more than the file holds
+        sizes = check.check_layer_sizes(config["layer_sizes"])
+        weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        if "params" not in contents or weights > contents["params"].size:
+            raise ValueError(f"layer_sizes {list(sizes)} need more parameters than the file holds")
         opt = config["optimizer"]
         if opt["name"] not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {opt['name']!r}")
@@ -807,9 +825,10 @@ def _interrupts_between_steps():
         signal.signal(signal.SIGINT, previous)
 
 
-def _checksum(arrays):
-    """SHA-256 over the names, dtypes, shapes and bytes of the arrays."""
-    digest = hashlib.sha256()
+def _checksum(config, arrays):
+    """SHA-256 over the configuration and the names, dtypes, shapes and bytes of the arrays."""
+    # the JSON text round-trips exactly (key order included), unlike sorting mixed-type keys
+    digest = hashlib.sha256(json.dumps(config).encode())
     for name in sorted(arrays):
         arr = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
