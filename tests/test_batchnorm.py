@@ -189,6 +189,6 @@ def test_wrappers_refuse_mismatched_shapes():
                                         np.ones(3), np.zeros(3), np.ones(3), 0, 0.0)
     with pytest.raises(ValueError, match="N >= 2"):
         K.batchnorm_update_running(np.zeros(3), np.ones(3), np.zeros(3), np.ones(3), 1, 0.1)
-    with pytest.raises(ValueError, match="Buffer dtype mismatch"):
+    with pytest.raises(TypeError, match="Z: expected an array of float32, got dtype float64"):
         K.batchnorm_activation_forward(np.empty((4, 3), np.float32), np.empty(3), np.empty(3),
                                        np.empty(3), Z, np.ones(3), np.zeros(3), EPS, 0, 0.0)

@@ -2,9 +2,16 @@
 
 Each wrapper checks only that its arrays agree in shape (cheap, O(1)), because the C
 kernels run without bounds checks; everything else about user input (dtype, finiteness,
-ranges) is validated once in cbn._validation. Outputs come first, then inputs, then
+ranges) is validated once in cbn._validation. Arguments Cython cannot convert (a wrong dtype,
+layout or type) are refused with an error naming the argument (see the end of this file). Outputs come first, then inputs, then
 scalars, as in the C kernels (see the .pxd files for the C-level signatures).
 """
+import functools
+import inspect
+import numbers
+
+import numpy as np
+
 from cython cimport floating
 
 from cbn cimport _activations, _batchnorm, _losses, _optim
@@ -309,3 +316,104 @@ def adam_update(
     with nogil:
         _optim.adam_update(&param[0], &m[0], &v[0], &grad[0], n, lr, beta1, beta2, eps,
                            bias_correction1, bias_correction2)
+
+
+# ---- errors that name the argument ---------------------------------------------------------
+# Cython converts arguments before a wrapper's body runs, and its refusals ("Buffer dtype
+# mismatch", "No matching signature found", OverflowError, BufferError) do not say which
+# argument is wrong. On such a refusal the call is re-examined against this table to name it.
+# Each array argument: name, ndim, dtype ("f": the call's float32/float64, "d": float64,
+# "i": intp) and "w" if the kernel writes it. Other arguments are scalars.
+_ARRAY_ARGUMENTS = {
+    "bias_activation_forward": "A:2fw Z:2f b:1f",
+    "bias_activation_backward": "dZ:2fw db:1fw dA:2f A:2f",
+    "batchnorm_activation_forward": "A:2fw mean:1dw var:1dw rstd:1dw Z:2f gamma:1f beta:1f",
+    "batchnorm_activation_backward":
+        "dZ:2fw dgamma:1fw dbeta:1fw dA:2f A:2f Z:2f gamma:1f mean:1d rstd:1d",
+    "batchnorm_activation_inference":
+        "A:2fw Z:2f gamma:1f beta:1f running_mean:1f running_var:1f",
+    "batchnorm_update_running": "running_mean:1fw running_var:1fw mean:1d var:1d",
+    "softmax_cross_entropy": "dZ:2fw Z:2f b:1f labels:1i",
+    "softmax_forward": "P:2fw Z:2f b:1f",
+    "sigmoid_binary_cross_entropy": "dZ:2fw Z:2f b:1f Y:2f",
+    "mean_squared_error": "dZ:2fw Z:2f b:1f Y:2f",
+    "sgd_update": "param:1fw grad:1f",
+    "momentum_update": "param:1fw velocity:1fw grad:1f",
+    "rmsprop_update": "param:1fw sq_avg:1fw grad:1f",
+    "adam_update": "param:1fw m:1fw v:1fw grad:1f",
+}
+# integer scalars and the C type that holds them; every other scalar is a C double
+_INT_RANGES = {"activation": (-2**31, 2**31 - 1), "N": (-2**63, 2**63 - 1),
+               "t": (-2**63, 2**63 - 1)}
+
+
+def _misfit(arrays, bound):
+    """(error type, message) naming the first argument that cannot be converted, or None."""
+    specs = [(name, int(code[0]), code[1], code.endswith("w"))
+             for name, code in (item.split(":") for item in arrays.split())]
+    floats = [bound[name].dtype for name, _, kind, _ in specs
+              if kind == "f" and isinstance(bound[name], np.ndarray)
+              and bound[name].dtype in (np.float32, np.float64)]
+    allowed = {"f": floats[:1] or [np.dtype(np.float32), np.dtype(np.float64)],
+               "d": [np.dtype(np.float64)], "i": [np.dtype(np.intp)]}
+    for name, ndim, kind, written in specs:
+        value = bound[name]
+        expected = " or ".join(dtype.name for dtype in allowed[kind])
+        if not isinstance(value, np.ndarray):
+            kind_of = type(value).__name__ if value is None or type(value).__module__ == "builtins" \
+                else f"{type(value).__module__}.{type(value).__name__}"
+            return TypeError, f"{name}: expected a NumPy array of {expected}, got {kind_of}"
+        if value.dtype not in allowed[kind]:
+            return TypeError, f"{name}: expected an array of {expected}, got dtype {value.dtype}"
+        if value.ndim != ndim:
+            return ValueError, f"{name}: expected a {ndim}-D array, got {value.ndim}-D"
+        if not value.flags.c_contiguous:
+            return ValueError, f"{name}: expected a C-contiguous array (np.ascontiguousarray)"
+        if written and not value.flags.writeable:
+            return ValueError, f"{name}: expected a writable array (the kernel writes it), got a read-only one"
+    array_names = {spec[0] for spec in specs}
+    for name, value in bound.items():
+        if name in array_names:
+            continue
+        if name in _INT_RANGES:
+            low, high = _INT_RANGES[name]
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                return TypeError, f"{name}: expected an integer, got {value!r}"
+            if not low <= value <= high:
+                return ValueError, f"{name}: expected an integer in [{low}, {high}], got {value!r}"
+        elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return TypeError, f"{name}: expected a real number, got {value!r}"
+        else:
+            try:
+                float(value)
+            except OverflowError:
+                return ValueError, f"{name}: expected a number that fits a C double, got {value!r}"
+    return None
+
+
+def _naming_errors(kernel, arrays):
+    """Wrap kernel so that a refused conversion raises an error naming the argument."""
+    signature = inspect.signature(kernel)
+
+    @functools.wraps(kernel)
+    def call(*args, **kwargs):
+        try:
+            return kernel(*args, **kwargs)
+        except (TypeError, ValueError, BufferError, OverflowError) as exc:
+            if isinstance(exc, ValueError) and str(exc).startswith(
+                    ("kernel arguments", "activation:", "slope:")):
+                raise  # the wrapper's own checks already say what is wrong
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as binding:
+                raise TypeError(f"{kernel.__name__}: {binding}") from None
+            bound.apply_defaults()
+            found = _misfit(arrays, bound.arguments)
+            if found is None:
+                raise TypeError(f"{kernel.__name__}: {exc}") from exc
+            raise found[0](found[1]) from None
+    return call
+
+
+for _name, _arrays in _ARRAY_ARGUMENTS.items():
+    globals()[_name] = _naming_errors(globals()[_name], _arrays)
