@@ -92,6 +92,10 @@ class _Workspace:
         self.A = [np.empty((m, n), dtype) for n in hidden]            # activations
         self.G = [np.empty((m, n), dtype) for n in hidden]            # dA, overwritten by dZ
         self.dZ_out = np.empty((m, layer_sizes[-1]), dtype)
+        # fit's accuracy count: predicted classes, and elementwise hits of sigmoid outputs
+        self.predicted = np.empty(m, np.intp)
+        self.hits = np.empty((m, layer_sizes[-1]), bool)
+        self.truths = np.empty((m, layer_sizes[-1]), bool)
 
 
 class Network:
@@ -407,11 +411,14 @@ class Network:
 
     def _correct_count(self, ws, targets):
         """Correct predictions of the last training forward (before the update)."""
-        logits = ws.dZ_out  # free once backward has run
+        logits = ws.dZ_out  # free once backward has run; every buffer here is reused
         np.add(ws.Z[-1], self.layers[-1].b, out=logits)
         if self.output == "softmax":
-            return int(np.count_nonzero(logits.argmax(axis=1) == targets))
-        return int(np.count_nonzero((logits > 0) == (targets > 0.5)))
+            np.argmax(logits, axis=1, out=ws.predicted)
+            return int(np.count_nonzero(np.equal(ws.predicted, targets, out=ws.hits[:, 0])))
+        np.greater(logits, 0, out=ws.hits)
+        np.greater(targets, 0.5, out=ws.truths)
+        return int(np.count_nonzero(np.equal(ws.hits, ws.truths, out=ws.hits)))
 
     def fit(self, X, y, *, epochs=10, batch_size=32, shuffle=True, validation_data=None,
             verbose=0, lr_schedule=None, weight_decay=0.0, callbacks=()):
