@@ -123,9 +123,20 @@ def _as_numeric_array(name, value):
 
 def _require_finite(name, arr):
     # min and max are NaN if any element is NaN and infinite if any element is; unlike
-    # np.isfinite(arr).all() they allocate nothing the size of arr (train_step stays allocation-free)
-    if arr.size and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
+    # np.isfinite(arr).all() they allocate nothing the size of arr (train_step stays
+    # allocation-free); the ufunc reductions skip ndarray.min's Python layer (per-batch cost)
+    if arr.size and not (math.isfinite(np.minimum.reduce(arr, axis=None))
+                         and math.isfinite(np.maximum.reduce(arr, axis=None))):
         raise ValueError(f"{name}: expected finite values, got NaN or infinity")
+
+
+def _as_contiguous(arr, dtype):
+    """arr as a C-contiguous array of dtype; values too large for float32 become inf, which
+    _require_finite refuses next. Arrays already in shape pass without a copy."""
+    if arr.dtype == dtype and arr.flags.c_contiguous:
+        return arr
+    with np.errstate(over="ignore"):
+        return np.ascontiguousarray(arr, dtype=dtype)
 
 
 def check_features(name, X, n_features, dtype, min_rows=1):
@@ -141,8 +152,7 @@ def check_features(name, X, n_features, dtype, min_rows=1):
     if arr.shape[0] < min_rows:
         why = " (batch norm needs at least 2 rows to compute batch statistics)" if min_rows == 2 else ""
         raise ValueError(f"{name}: expected at least {min_rows} rows{why}, got {arr.shape[0]}")
-    with np.errstate(over="ignore"):  # values too large for float32 become inf, refused next
-        arr = np.ascontiguousarray(arr, dtype=dtype)
+    arr = _as_contiguous(arr, dtype)
     _require_finite(name, arr)
     return arr
 
@@ -165,7 +175,7 @@ def check_targets(name, y, output, n_out, n_rows, dtype):
             _require_finite(name, arr)
             if not np.array_equal(arr, np.round(arr)):
                 raise ValueError(f"{name}: expected integer class indices, got non-integer values")
-        if arr.size and (arr.min() < 0 or arr.max() >= n_out):
+        if arr.size and (np.minimum.reduce(arr) < 0 or np.maximum.reduce(arr) >= n_out):
             raise ValueError(
                 f"{name}: expected class indices in [0, {n_out - 1}], "
                 f"got values in [{arr.min()}, {arr.max()}]")
@@ -174,8 +184,7 @@ def check_targets(name, y, output, n_out, n_rows, dtype):
     if arr.shape not in {(n_rows, n_out), expected}:
         raise ValueError(f"{name}: expected shape {expected}, one row per row of X, "
                          f"got shape {arr.shape}")
-    with np.errstate(over="ignore"):  # as in check_features: overflow becomes inf, refused next
-        arr = np.ascontiguousarray(arr.reshape(n_rows, n_out), dtype=dtype)
+    arr = _as_contiguous(arr.reshape(n_rows, n_out), dtype)
     _require_finite(name, arr)
     if output == "sigmoid" and arr.size and (arr.min() < 0 or arr.max() > 1):
         raise ValueError(
