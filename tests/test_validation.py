@@ -126,3 +126,23 @@ def test_load_errors(tmp_path):
     np.savez(tmp_path / "other.npz", weights=np.ones(3))
     with pytest.raises(ValueError, match="no cbn configuration"):
         cbn.Network.load(tmp_path / "other.npz")
+
+
+def test_batches_already_in_shape_are_not_copied_and_others_are_converted():
+    """The per-batch checks pass a C-ordered array of the network's dtype through as is
+    (no copy per training step); anything else becomes one, refused if it overflows."""
+    from cbn import _validation as check
+    X = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    assert check.check_features("X", X, 3, np.float32) is X
+    for other in (np.asfortranarray(X), X.astype(np.float64), X[:, ::-1].copy()[:, ::-1]):
+        converted = check.check_features("X", other, 3, np.float32)
+        assert converted.flags.c_contiguous and converted.dtype == np.float32
+        np.testing.assert_array_equal(converted, other)
+    with pytest.raises(ValueError, match="^X: expected finite values"):
+        check.check_features("X", np.full((2, 3), 1e300), 3, np.float32)
+    Y = np.random.default_rng(1).random((5, 2)).astype(np.float32)
+    assert np.shares_memory(check.check_targets("y", Y, "sigmoid", 2, 5, np.float32), Y)
+    assert not np.shares_memory(check.check_targets("y", Y.astype(np.float64), "sigmoid", 2, 5,
+                                                    np.float32), Y)
+    with pytest.raises(ValueError, match="^y: expected finite values"):
+        check.check_targets("y", np.full((5, 2), 1e300), "linear", 2, 5, np.float32)
