@@ -4,6 +4,7 @@ Compiler directives are set here, once, for every module. ``CBN_CYTHON_DEBUG=1``
 time turns bounds, wraparound and initialization checks back on (CI runs the tests once so).
 """
 import os
+import sysconfig
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -21,11 +22,21 @@ directives = {
 }
 
 # _capi holds the C-level API (cdef api); cythonize also writes its headers _capi.h and _capi_api.h.
-MODULES = ["_activations", "_batchnorm", "_losses", "_optim", "_kernels", "_capi"]
+# _batchnorm_avx2 and _optim_avx2 compile _batchnorm and _optim again, for AVX2 (below).
+MODULES = ["_activations", "_batchnorm", "_batchnorm_avx2", "_losses", "_optim", "_optim_avx2",
+           "_kernels", "_capi"]
+
+# The AVX2 builds use AVX2 where the target is certain to be x86-64 with GCC or clang (Linux);
+# elsewhere they are plain copies that cbn._dispatch never picks. No fused multiply-add
+# (-ffp-contract=off), so both builds give the same results bit for bit. CBN_AVX2=0 or 1
+# overrides.
+AVX2 = os.environ.get("CBN_AVX2", "1" if sysconfig.get_platform() == "linux-x86_64" else "0") == "1"
 
 
 def extension(name):
     compile_args = [] if os.name == "nt" else ["-O3", "-fno-math-errno"]
+    if name.endswith("_avx2") and AVX2:
+        compile_args += ["-mavx2", "-ffp-contract=off"]
     return Extension(f"cbn.{name}", [f"src/cbn/{name}.pyx"], extra_compile_args=compile_args)
 
 

@@ -44,3 +44,5 @@ cdef void batchnorm_update_running(
     const double* var,          # IN (D,)  biased batch variance
     Py_ssize_t N, Py_ssize_t D, double momentum,
 ) noexcept nogil
+
+cdef bint compiled_for_avx2() noexcept nogil   # this build of the module uses AVX2

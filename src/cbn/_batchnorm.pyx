@@ -19,6 +19,21 @@ from libc.math cimport sqrt
 
 from cbn._activations cimport BLOCK, affine_activate_row, derivative_row
 
+cdef extern from *:
+    """
+    #ifdef __AVX2__
+    #define CBN_COMPILED_FOR_AVX2 1
+    #else
+    #define CBN_COMPILED_FOR_AVX2 0
+    #endif
+    """
+    const bint CBN_COMPILED_FOR_AVX2
+
+
+cdef bint compiled_for_avx2() noexcept nogil:
+    """True in the AVX2 build of this module (_batchnorm_avx2, and _optim_avx2 with it)."""
+    return CBN_COMPILED_FOR_AVX2
+
 # Speed: the activation is applied row by row within a block by affine_activate_row and
 # derivative_row, whose loops vectorize (the switch on the activation runs once per row,
 # not per element). Per-unit constants of a block live in stack arrays, which cannot

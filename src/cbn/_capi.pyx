@@ -7,7 +7,7 @@ and _capi_api.h (the function table and import_cbn___capi()) next to this file.
 """
 from cython cimport floating
 
-from cbn cimport _activations, _batchnorm, _losses, _optim
+from cbn cimport _activations, _batchnorm, _dispatch, _losses
 from cbn._version import __version__
 
 # The header's activation codes are the kernels' codes; fail the import if they drift apart.
@@ -79,7 +79,7 @@ cdef inline int _batchnorm_activation_forward(
         Py_ssize_t N, Py_ssize_t D, double eps, int activation, double slope) noexcept nogil:
     cdef int status = _check_layer(N, 1, D, eps, activation, slope)
     if status == CBN_OK and D > 0:
-        _batchnorm.batchnorm_activation_forward(
+        _dispatch.batchnorm_activation_forward(
             A, mean, var, rstd, Z, gamma, beta, N, D, eps, activation, slope)
     return status
 
@@ -91,7 +91,7 @@ cdef inline int _batchnorm_activation_backward(
         Py_ssize_t N, Py_ssize_t D, int activation, double slope) noexcept nogil:
     cdef int status = _check_layer(N, 1, D, 0.0, activation, slope)
     if status == CBN_OK and D > 0:
-        _batchnorm.batchnorm_activation_backward(
+        _dispatch.batchnorm_activation_backward(
             dZ, dgamma, dbeta, dA, A, Z, gamma, mean, rstd, N, D, activation, slope)
     return status
 
@@ -102,7 +102,7 @@ cdef inline int _batchnorm_activation_inference(
         Py_ssize_t N, Py_ssize_t D, double eps, int activation, double slope) noexcept nogil:
     cdef int status = _check_layer(N, 0, D, eps, activation, slope)
     if status == CBN_OK and N > 0 and D > 0:
-        _batchnorm.batchnorm_activation_inference(
+        _dispatch.batchnorm_activation_inference(
             A, Z, gamma, beta, running_mean, running_var, N, D, eps, activation, slope)
     return status
 
@@ -164,7 +164,7 @@ cdef inline int _sgd_update(
     if n < 0:
         return CBN_ERR_SIZE
     if n > 0:
-        _optim.sgd_update(param, grad, n, lr)
+        _dispatch.sgd_update(param, grad, n, lr)
     return CBN_OK
 
 
@@ -174,7 +174,7 @@ cdef inline int _momentum_update(
     if n < 0:
         return CBN_ERR_SIZE
     if n > 0:
-        _optim.momentum_update(param, velocity, grad, n, lr, beta)
+        _dispatch.momentum_update(param, velocity, grad, n, lr, beta)
     return CBN_OK
 
 
@@ -184,7 +184,7 @@ cdef inline int _rmsprop_update(
     if n < 0:
         return CBN_ERR_SIZE
     if n > 0:
-        _optim.rmsprop_update(param, sq_avg, grad, n, lr, beta, eps)
+        _dispatch.rmsprop_update(param, sq_avg, grad, n, lr, beta, eps)
     return CBN_OK
 
 
@@ -198,8 +198,8 @@ cdef inline int _adam_update(
         return CBN_ERR_STEP
     if n > 0:
         # the same bias corrections as cbn._kernels.adam_update, once per step
-        _optim.adam_update(param, m, v, grad, n, lr, beta1, beta2, eps,
-                           1.0 - beta1 ** t, 1.0 - beta2 ** t)
+        _dispatch.adam_update(param, m, v, grad, n, lr, beta1, beta2, eps,
+                              1.0 - beta1 ** t, 1.0 - beta2 ** t)
     return CBN_OK
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from cython cimport floating
 
-from cbn cimport _activations, _batchnorm, _losses, _optim
+from cbn cimport _activations, _batchnorm, _dispatch, _losses
 
 ACTIVATIONS = {
     "linear": _activations.ACT_LINEAR,
@@ -102,7 +102,7 @@ def batchnorm_activation_forward(
     if D == 0:
         return
     with nogil:
-        _batchnorm.batchnorm_activation_forward(
+        _dispatch.batchnorm_activation_forward(
             &A[0, 0], &mean[0], &var[0], &rstd[0], &Z[0, 0], &gamma[0], &beta[0],
             N, D, eps, activation, slope)
 
@@ -131,7 +131,7 @@ def batchnorm_activation_backward(
     if D == 0:
         return
     with nogil:
-        _batchnorm.batchnorm_activation_backward(
+        _dispatch.batchnorm_activation_backward(
             &dZ[0, 0], &dgamma[0], &dbeta[0], &dA[0, 0], &A[0, 0], &Z[0, 0], &gamma[0],
             &mean[0], &rstd[0], N, D, activation, slope)
 
@@ -156,7 +156,7 @@ def batchnorm_activation_inference(
     if N == 0 or D == 0:
         return
     with nogil:
-        _batchnorm.batchnorm_activation_inference(
+        _dispatch.batchnorm_activation_inference(
             &A[0, 0], &Z[0, 0], &gamma[0], &beta[0], &running_mean[0], &running_var[0],
             N, D, eps, activation, slope)
 
@@ -261,7 +261,7 @@ def sgd_update(
     if n == 0:
         return
     with nogil:
-        _optim.sgd_update(&param[0], &grad[0], n, lr)
+        _dispatch.sgd_update(&param[0], &grad[0], n, lr)
 
 
 def momentum_update(
@@ -277,7 +277,7 @@ def momentum_update(
     if n == 0:
         return
     with nogil:
-        _optim.momentum_update(&param[0], &velocity[0], &grad[0], n, lr, beta)
+        _dispatch.momentum_update(&param[0], &velocity[0], &grad[0], n, lr, beta)
 
 
 def rmsprop_update(
@@ -293,7 +293,7 @@ def rmsprop_update(
     if n == 0:
         return
     with nogil:
-        _optim.rmsprop_update(&param[0], &sq_avg[0], &grad[0], n, lr, beta, eps)
+        _dispatch.rmsprop_update(&param[0], &sq_avg[0], &grad[0], n, lr, beta, eps)
 
 
 def adam_update(
@@ -314,8 +314,13 @@ def adam_update(
     if n == 0:
         return
     with nogil:
-        _optim.adam_update(&param[0], &m[0], &v[0], &grad[0], n, lr, beta1, beta2, eps,
-                           bias_correction1, bias_correction2)
+        _dispatch.adam_update(&param[0], &m[0], &v[0], &grad[0], n, lr, beta1, beta2, eps,
+                              bias_correction1, bias_correction2)
+
+
+def _instruction_set():
+    """Which build of the batch-norm and optimizer kernels runs: "avx2" or "baseline"."""
+    return "avx2" if _dispatch.use_avx2() else "baseline"
 
 
 # ---- errors that name the argument ---------------------------------------------------------
