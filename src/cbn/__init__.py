@@ -6,6 +6,7 @@ compiled to C; matrix products go to BLAS through NumPy; :class:`Network` ties t
 import os
 
 from cbn._version import __version__
+from cbn._checkpoint import TrainingInterrupted
 from cbn.callbacks import EarlyStopping, ExponentialDecay, InverseTimeDecay, StepDecay
 from cbn.network import History, Layer, Network
 from cbn.optimizers import SGD, Adam, Momentum, Optimizer, RMSprop
@@ -25,5 +26,6 @@ __all__ = [
     "Network", "Layer", "History",
     "Optimizer", "SGD", "Momentum", "RMSprop", "Adam",
     "InverseTimeDecay", "ExponentialDecay", "StepDecay", "EarlyStopping", "plot_history",
+    "TrainingInterrupted",
     "__version__", "get_include",
 ]

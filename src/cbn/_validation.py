@@ -98,12 +98,12 @@ def check_seed(seed):
     return check_int("seed", seed, 0)
 
 
-def check_path(path):
+def check_path(path, name="path"):
     """Return path as a str or bytes file name (os.fspath); a TypeError names the argument."""
     try:
         return os.fspath(path)
     except TypeError:
-        raise TypeError(f"path: expected a file name (str or os.PathLike), got {path!r}") from None
+        raise TypeError(f"{name}: expected a file name (str or os.PathLike), got {path!r}") from None
 
 
 def _as_numeric_array(name, value):

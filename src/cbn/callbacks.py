@@ -10,6 +10,12 @@ epoch (``epoch`` counts from 1, ``history`` already holds that epoch); a true re
 stops training. A callback may also define ``on_train_begin(net, history)`` (called before
 the first epoch, with the history's keys in place) and ``on_train_end(net, history)``
 (called when training ends normally or by a callback, not on an error or Ctrl-C).
+
+With ``fit(checkpoint=...)``, a callback that also defines ``state_dict()`` (a dict of JSON
+values and NumPy arrays) and ``load_state_dict(state)`` has that state saved in the
+checkpoint and put back on resume, after its ``on_train_begin``; EarlyStopping does. Other
+callbacks keep their own state: on resume they see ``on_train_begin`` again, with the
+history of the completed epochs.
 """
 import math
 
@@ -121,6 +127,23 @@ class EarlyStopping:
             self.stopped_epoch = epoch
             return True
         return False
+
+    def state_dict(self):
+        """What a checkpoint keeps: the best value and epoch, the wait, the best weights."""
+        state = {"best": float(self.best).hex(), "best_epoch": self.best_epoch,
+                 "stopped_epoch": self.stopped_epoch, "wait": self._wait}
+        if self._best_state is not None:
+            state["best_params"], state["best_running"] = self._best_state
+        return state
+
+    def load_state_dict(self, state):
+        """Put back what :meth:`state_dict` returned."""
+        self.best = float.fromhex(state["best"])
+        self.best_epoch, self.stopped_epoch = state["best_epoch"], state["stopped_epoch"]
+        self._wait = state["wait"]
+        self._best_state = None
+        if "best_params" in state:
+            self._best_state = (state["best_params"].copy(), state["best_running"].copy())
 
     def on_train_end(self, net, history):
         if self._best_state is not None and self.best_epoch != history.epochs:

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from cbn import _kernels, _progress
+from cbn import _checkpoint, _kernels, _progress
 from cbn import _validation as check
 from cbn.optimizers import OPTIMIZERS, make_optimizer
 
@@ -421,7 +421,8 @@ class Network:
         return int(np.count_nonzero(np.equal(ws.hits, ws.truths, out=ws.hits)))
 
     def fit(self, X, y, *, epochs=10, batch_size=32, shuffle=True, validation_data=None,
-            verbose=0, lr_schedule=None, weight_decay=0.0, callbacks=()):
+            verbose=0, lr_schedule=None, weight_decay=0.0, callbacks=(), checkpoint=None,
+            checkpoint_every=None):
         """Train with mini-batch gradient descent.
 
         Parameters
@@ -455,6 +456,17 @@ class Network:
             from 1); a true return value stops training. Optional methods
             ``on_train_begin(net, history)`` and ``on_train_end(net, history)`` are called
             too; see :class:`cbn.EarlyStopping`.
+        checkpoint : str or os.PathLike, optional
+            A file for the complete training state, written atomically after every epoch
+            (and every ``checkpoint_every`` steps). If it exists, fit resumes from it and
+            ends with exactly the network, history and generator state of an uninterrupted
+            run; a checkpoint of a finished run makes fit return its history at once. A
+            checkpoint of another run (network, data, or arguments) or a damaged one
+            raises ValueError. SIGTERM is then held back: at the next step boundary the
+            state is saved and :class:`cbn.TrainingInterrupted` is raised. See the README,
+            "Checkpoints and preemptible jobs".
+        checkpoint_every : int, optional
+            Also write the checkpoint every this many optimizer steps, >= 1.
 
         Returns
         -------
@@ -468,7 +480,10 @@ class Network:
         FloatingPointError
             If a step produces a non-finite loss or gradient; that step is not applied.
         KeyboardInterrupt
-            On Ctrl-C, raised after the step in progress completes.
+            On Ctrl-C, raised after the step in progress completes (no checkpoint is
+            written for it).
+        TrainingInterrupted
+            On SIGTERM with a checkpoint, raised once the state is saved.
         """
         epochs = check.check_int("epochs", epochs, 1)
         batch_size = check.check_int("batch_size", batch_size, self._min_train_rows)
@@ -479,6 +494,14 @@ class Network:
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError(f"lr_schedule: expected a function of the epoch, got {lr_schedule!r}")
         callbacks = check.check_callbacks(callbacks)
+        if checkpoint is not None:
+            checkpoint_path = os.fsdecode(check.check_path(checkpoint, "checkpoint"))
+        if checkpoint_every is not None:
+            if checkpoint is None:
+                raise ValueError("checkpoint_every: needs a checkpoint file (checkpoint=path), "
+                                 f"got checkpoint=None and checkpoint_every={checkpoint_every!r}")
+            checkpoint_every = check.check_int("checkpoint_every", checkpoint_every, 1)
+        X_given = X
         X, targets = self._check_batch(X, y, min_rows=self._min_train_rows)
         validation = None
         if validation_data is not None:
@@ -502,26 +525,48 @@ class Network:
                 history["val_accuracy"] = []
         if lr_schedule is not None:
             history["lr"] = []
-        progress = _progress.Progress(verbose, epochs, len(bounds)) if verbose else None
-
+        run = None if checkpoint is None else _checkpoint.Run(
+            checkpoint_path, checkpoint_every, self, _checkpoint.signature(
+                self, X_given, X, targets, validation, dict(
+                    epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                    weight_decay=weight_decay, lr_schedule=lr_schedule is not None,
+                    steps_per_epoch=len(bounds),
+                    callbacks=[type(c).__name__ if hasattr(c, "state_dict") else None
+                               for c in callbacks])))
+        saved = run.read() if run is not None else None
+        position, restore = _checkpoint.Position(), None
+        if saved is not None:  # checked against this fit before anything changes
+            position, restore = run.prepare(saved, history, callbacks,
+                                            order if shuffle else None, lr_schedule)
         self.history = history
+        if position.finished:  # a finished run's checkpoint: nothing left to do
+            restore()
+            return history
+        progress = _progress.Progress(verbose, epochs, len(bounds)) if verbose else None
         for callback in callbacks:
             if hasattr(callback, "on_train_begin"):
                 callback.on_train_begin(self, history)
+        if restore is not None:
+            restore()
         with _interrupts_between_steps() as interrupted, \
+                _checkpoint.sigterm_held(run is not None) as terminated, \
                 self._fit_state(weight_decay, progress):
-            for epoch in range(1, epochs + 1):
-                start_time = time.perf_counter()
+            for epoch in range(position.epoch + 1, epochs + 1):
+                if position.stopped:
+                    break
+                start_time = time.perf_counter() - position.elapsed
                 if lr_schedule is not None:
                     self.optimizer.lr = check.check_positive(
                         f"lr_schedule({epoch - 1})", lr_schedule(epoch - 1))
                     history["lr"].append(self.optimizer.lr)
                 if progress is not None:
                     progress.begin(epoch)
+                if run is not None:
+                    run.epoch_begins(order if shuffle else None)
                 if shuffle:
                     self._rng.shuffle(order)
-                loss_sum, correct = 0.0, 0
-                for start, stop in bounds:
+                loss_sum, correct = position.loss_sum, position.correct
+                for i, (start, stop) in enumerate(bounds[position.step:], position.step + 1):
                     if shuffle:
                         Xb, tb = gather[stop - start]
                         np.take(X, order[start:stop], axis=0, out=Xb)
@@ -539,16 +584,29 @@ class Network:
                             f"fit interrupted in epoch {epoch} after optimizer step "
                             f"{self.optimizer.t}; the network holds that step's state and "
                             f"net.history the completed epochs")
+                    if run is not None and (terminated() or run.due(epoch, i)):
+                        position = _checkpoint.Position(
+                            epoch - 1, i, loss_sum, correct, time.perf_counter() - start_time)
+                        run.save(history, callbacks, position, order if shuffle else None)
+                        if terminated():
+                            raise _checkpoint.TrainingInterrupted(run.path, epoch, i)
                 self._end_epoch(history, loss_sum / m, correct / targets.size, validation,
                                 start_time)
                 if progress is not None:
                     progress.end(epoch, history)
                 # every callback sees every epoch, even when an earlier one asks to stop
-                if any([callback(self, epoch, history) for callback in callbacks]):
-                    break
+                position = _checkpoint.Position(
+                    epoch, stopped=any([callback(self, epoch, history) for callback in callbacks]))
+                if run is not None:
+                    run.save(history, callbacks, position, order if shuffle else None)
+                    if terminated():
+                        raise _checkpoint.TrainingInterrupted(run.path, epoch, len(bounds))
         for callback in callbacks:
             if hasattr(callback, "on_train_end"):
                 callback.on_train_end(self, history)
+        if run is not None:  # a fit called again on this file returns at once
+            position.finished = True
+            run.save(history, callbacks, position, order if shuffle else None)
         return history
 
     def _end_epoch(self, history, loss, accuracy, validation, start_time):
