@@ -179,3 +179,23 @@ def test_comm_must_be_a_communicator():
     pytest.importorskip("mpi4py")
     with pytest.raises(TypeError, match="comm: expected an mpi4py"):
         cbn.Network([3, 4, 2], comm="world")
+
+
+@needs_mpi
+def test_command_line_with_mpi(tmp_path):
+    """mpiexec -n 2 cbn train X.npy --target y.npy --mpi: rank 0 prints and writes the model."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4)).astype(np.float32)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", (X[:, 0] > 0).astype(np.int64))
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    result = subprocess.run(
+        MPIEXEC + ["-n", "2", sys.executable, "-m", "cbn", "train", str(tmp_path / "X.npy"),
+                   "--target", str(tmp_path / "y.npy"), "--mpi", "--epochs", "2",
+                   "--verbose", "2", "--out", str(tmp_path / "model.npz")],
+        capture_output=True, text=True, timeout=120, env=env)
+    output = result.stdout.replace("\0", "")
+    assert result.returncode == 0, output + result.stderr
+    assert output.count("saved ") == 1 and output.count("epoch 2/2") == 1
+    net = cbn.Network.load(tmp_path / "model.npz")
+    assert net.optimizer.t > 0 and net.layer_sizes[0] == 4
