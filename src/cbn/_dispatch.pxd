@@ -76,6 +76,56 @@ cdef inline void batchnorm_activation_inference(
             A, Z, gamma, beta, running_mean, running_var, N, D, eps, activation, slope)
 
 
+cdef inline void batchnorm_statistics(
+    double* mean, double* m2, const floating* Z, Py_ssize_t N, Py_ssize_t D,
+) noexcept nogil:
+    if use_avx2():
+        _batchnorm_avx2.batchnorm_statistics(mean, m2, Z, N, D)
+    else:
+        _batchnorm.batchnorm_statistics(mean, m2, Z, N, D)
+
+
+cdef inline void batchnorm_activation_apply(
+    floating* A, const floating* Z, const floating* gamma, const floating* beta,
+    const double* mean, const double* rstd,
+    Py_ssize_t N, Py_ssize_t D, int activation, double slope,
+) noexcept nogil:
+    if use_avx2():
+        _batchnorm_avx2.batchnorm_activation_apply(
+            A, Z, gamma, beta, mean, rstd, N, D, activation, slope)
+    else:
+        _batchnorm.batchnorm_activation_apply(
+            A, Z, gamma, beta, mean, rstd, N, D, activation, slope)
+
+
+cdef inline void batchnorm_activation_backward_sums(
+    floating* dZt, floating* dgamma, floating* dbeta, double* sum_dzt, double* sum_dzt_zc,
+    const floating* dA, const floating* A, const floating* Z, const double* mean,
+    const double* rstd, Py_ssize_t N, Py_ssize_t D, int activation, double slope,
+) noexcept nogil:
+    if use_avx2():
+        _batchnorm_avx2.batchnorm_activation_backward_sums(
+            dZt, dgamma, dbeta, sum_dzt, sum_dzt_zc, dA, A, Z, mean, rstd, N, D,
+            activation, slope)
+    else:
+        _batchnorm.batchnorm_activation_backward_sums(
+            dZt, dgamma, dbeta, sum_dzt, sum_dzt_zc, dA, A, Z, mean, rstd, N, D,
+            activation, slope)
+
+
+cdef inline void batchnorm_backward_finish(
+    floating* dZ, const floating* Z, const floating* gamma, const double* mean,
+    const double* rstd, const double* sum_dzt, const double* sum_dzt_zc,
+    Py_ssize_t N, Py_ssize_t D, double N_total,
+) noexcept nogil:
+    if use_avx2():
+        _batchnorm_avx2.batchnorm_backward_finish(
+            dZ, Z, gamma, mean, rstd, sum_dzt, sum_dzt_zc, N, D, N_total)
+    else:
+        _batchnorm.batchnorm_backward_finish(
+            dZ, Z, gamma, mean, rstd, sum_dzt, sum_dzt_zc, N, D, N_total)
+
+
 cdef inline void sgd_update(
     floating* param, const floating* grad, Py_ssize_t n, double lr,
 ) noexcept nogil:

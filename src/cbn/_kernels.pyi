@@ -37,6 +37,20 @@ def batchnorm_update_running(
     running_mean: npt.NDArray[_F], running_var: npt.NDArray[_F],
     mean: _Doubles, var: _Doubles, N: int, momentum: float,
 ) -> None: ...
+def batchnorm_statistics(mean: _Doubles, m2: _Doubles, Z: npt.NDArray[_F]) -> None: ...
+def batchnorm_activation_apply(
+    A: npt.NDArray[_F], Z: npt.NDArray[_F], gamma: npt.NDArray[_F], beta: npt.NDArray[_F],
+    mean: _Doubles, rstd: _Doubles, activation: int, slope: float = 0.0,
+) -> None: ...
+def batchnorm_activation_backward_sums(
+    dZt: npt.NDArray[_F], dgamma: npt.NDArray[_F], dbeta: npt.NDArray[_F],
+    sum_dzt: _Doubles, sum_dzt_zc: _Doubles, dA: npt.NDArray[_F], A: npt.NDArray[_F],
+    Z: npt.NDArray[_F], mean: _Doubles, rstd: _Doubles, activation: int, slope: float = 0.0,
+) -> None: ...
+def batchnorm_backward_finish(
+    dZ: npt.NDArray[_F], Z: npt.NDArray[_F], gamma: npt.NDArray[_F], mean: _Doubles,
+    rstd: _Doubles, sum_dzt: _Doubles, sum_dzt_zc: _Doubles, N_total: float,
+) -> None: ...
 def softmax_cross_entropy(
     dZ: npt.NDArray[_F], Z: npt.NDArray[_F], b: npt.NDArray[_F], labels: npt.NDArray[np.intp],
 ) -> float: ...

@@ -181,6 +181,109 @@ def batchnorm_update_running(
             &running_mean[0], &running_var[0], &mean[0], &var[0], N, D, momentum)
 
 
+# ---- batch norm in phases, for data-parallel training (cbn._distributed) ----------------
+
+def batchnorm_statistics(
+    double[::1] mean not None,              # OUT (D,)
+    double[::1] m2 not None,                # OUT (D,)
+    const floating[:, ::1] Z not None,      # IN  (N, D)
+):
+    """mean = Z.mean(0), m2 = ((Z - mean)**2).sum(0) of this part; zeros for N = 0."""
+    cdef Py_ssize_t N = Z.shape[0], D = Z.shape[1]
+    _require(mean.shape[0] == D and m2.shape[0] == D, "mean and m2 must have Z.shape[1] entries")
+    if D == 0:
+        return
+    if N == 0:
+        mean[:] = 0.0
+        m2[:] = 0.0
+        return
+    with nogil:
+        _dispatch.batchnorm_statistics(&mean[0], &m2[0], &Z[0, 0], N, D)
+
+
+def batchnorm_activation_apply(
+    floating[:, ::1] A not None,            # OUT (N, D)
+    const floating[:, ::1] Z not None,      # IN  (N, D)
+    const floating[::1] gamma not None,     # IN  (D,)
+    const floating[::1] beta not None,      # IN  (D,)
+    const double[::1] mean not None,        # IN  (D,)
+    const double[::1] rstd not None,        # IN  (D,)
+    int activation, double slope=0.0,
+):
+    """Training-mode A = g(gamma * (Z - mean) * rstd + beta) with given batch statistics."""
+    cdef Py_ssize_t N = Z.shape[0], D = Z.shape[1]
+    _require(A.shape[0] == N and A.shape[1] == D, "A must have Z's shape")
+    for name, vec in (("gamma", gamma), ("beta", beta), ("mean", mean), ("rstd", rstd)):
+        _require(vec.shape[0] == D, f"{name} must have Z.shape[1] entries")
+    _require_activation(activation, slope)
+    if N == 0 or D == 0:
+        return
+    with nogil:
+        _dispatch.batchnorm_activation_apply(
+            &A[0, 0], &Z[0, 0], &gamma[0], &beta[0], &mean[0], &rstd[0], N, D,
+            activation, slope)
+
+
+def batchnorm_activation_backward_sums(
+    floating[:, ::1] dZt not None,          # OUT (N, D)
+    floating[::1] dgamma not None,          # OUT (D,)
+    floating[::1] dbeta not None,           # OUT (D,)
+    double[::1] sum_dzt not None,           # OUT (D,)
+    double[::1] sum_dzt_zc not None,        # OUT (D,)
+    const floating[:, ::1] dA not None,     # IN  (N, D)
+    const floating[:, ::1] A not None,      # IN  (N, D)
+    const floating[:, ::1] Z not None,      # IN  (N, D)
+    const double[::1] mean not None,        # IN  (D,)
+    const double[::1] rstd not None,        # IN  (D,)
+    int activation, double slope=0.0,
+):
+    """dZt = dA * g'; the sums of dZt and dZt * (Z - mean); this part's dgamma and dbeta."""
+    cdef Py_ssize_t N = Z.shape[0], D = Z.shape[1]
+    for name, arr in (("dZt", dZt), ("dA", dA), ("A", A)):
+        _require(arr.shape[0] == N and arr.shape[1] == D, f"{name} must have Z's shape")
+    for name, vec in (("dgamma", dgamma), ("dbeta", dbeta), ("sum_dzt", sum_dzt),
+                      ("sum_dzt_zc", sum_dzt_zc), ("mean", mean), ("rstd", rstd)):
+        _require(vec.shape[0] == D, f"{name} must have Z.shape[1] entries")
+    _require_activation(activation, slope)
+    if D == 0:
+        return
+    if N == 0:
+        dgamma[:] = 0
+        dbeta[:] = 0
+        sum_dzt[:] = 0.0
+        sum_dzt_zc[:] = 0.0
+        return
+    with nogil:
+        _dispatch.batchnorm_activation_backward_sums(
+            &dZt[0, 0], &dgamma[0], &dbeta[0], &sum_dzt[0], &sum_dzt_zc[0], &dA[0, 0],
+            &A[0, 0], &Z[0, 0], &mean[0], &rstd[0], N, D, activation, slope)
+
+
+def batchnorm_backward_finish(
+    floating[:, ::1] dZ not None,           # IN/OUT (N, D)  dZt in, dZ out
+    const floating[:, ::1] Z not None,      # IN  (N, D)
+    const floating[::1] gamma not None,     # IN  (D,)
+    const double[::1] mean not None,        # IN  (D,)
+    const double[::1] rstd not None,        # IN  (D,)
+    const double[::1] sum_dzt not None,     # IN  (D,)  summed over the whole batch
+    const double[::1] sum_dzt_zc not None,  # IN  (D,)  summed over the whole batch
+    double N_total,
+):
+    """dZ = gamma * rstd * (dZt - sum_dzt / N - (Z - mean) * rstd**2 * sum_dzt_zc / N)."""
+    cdef Py_ssize_t N = Z.shape[0], D = Z.shape[1]
+    _require(dZ.shape[0] == N and dZ.shape[1] == D, "dZ must have Z's shape")
+    for name, vec in (("gamma", gamma), ("mean", mean), ("rstd", rstd), ("sum_dzt", sum_dzt),
+                      ("sum_dzt_zc", sum_dzt_zc)):
+        _require(vec.shape[0] == D, f"{name} must have Z.shape[1] entries")
+    _require(N_total >= 1.0, "N_total must be >= 1")
+    if N == 0 or D == 0:
+        return
+    with nogil:
+        _dispatch.batchnorm_backward_finish(
+            &dZ[0, 0], &Z[0, 0], &gamma[0], &mean[0], &rstd[0], &sum_dzt[0], &sum_dzt_zc[0],
+            N, D, N_total)
+
+
 cdef inline int _require_output_shapes(dZ, Z, b, N, K) except -1:
     _require(N >= 1 and K >= 1, "Z needs at least one row and one column")
     _require(dZ.shape[0] == N and dZ.shape[1] == K, "the output must have Z's shape")
@@ -338,6 +441,11 @@ _ARRAY_ARGUMENTS = {
     "batchnorm_activation_inference":
         "A:2fw Z:2f gamma:1f beta:1f running_mean:1f running_var:1f",
     "batchnorm_update_running": "running_mean:1fw running_var:1fw mean:1d var:1d",
+    "batchnorm_statistics": "mean:1dw m2:1dw Z:2f",
+    "batchnorm_activation_apply": "A:2fw Z:2f gamma:1f beta:1f mean:1d rstd:1d",
+    "batchnorm_activation_backward_sums": "dZt:2fw dgamma:1fw dbeta:1fw sum_dzt:1dw "
+                                          "sum_dzt_zc:1dw dA:2f A:2f Z:2f mean:1d rstd:1d",
+    "batchnorm_backward_finish": "dZ:2fw Z:2f gamma:1f mean:1d rstd:1d sum_dzt:1d sum_dzt_zc:1d",
     "softmax_cross_entropy": "dZ:2fw Z:2f b:1f labels:1i",
     "softmax_forward": "P:2fw Z:2f b:1f",
     "sigmoid_binary_cross_entropy": "dZ:2fw Z:2f b:1f Y:2f",

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from cbn import _checkpoint, _kernels, _progress
+from cbn import _checkpoint, _distributed, _kernels, _progress
 from cbn import _validation as check
 from cbn.optimizers import OPTIMIZERS, make_optimizer
 
@@ -132,6 +132,14 @@ class Network:
         Slope of leaky_relu for negative inputs, in [0, 1).
     seed : int or None, default=None
         Seeds the ``numpy.random.Generator`` used for initialization and shuffling.
+    comm : mpi4py communicator, optional
+        Data-parallel training over MPI (needs ``cbn[mpi]``; see the README section
+        "Data-parallel training (MPI)"). Construction is then collective: every rank passes
+        the same arguments (a difference raises ValueError on all ranks) and all start from
+        rank 0's initial parameters. ``train_step``, ``loss_and_gradients``, ``fit``,
+        ``evaluate``, ``recompute_statistics``, ``save`` and ``load`` become collective:
+        each rank passes its own rows and gets the result of one process on all ranks'
+        rows; ``predict`` stays local.
 
     Attributes
     ----------
@@ -147,7 +155,18 @@ class Network:
 
     def __init__(self, layer_sizes, *, activation="relu", output="softmax", batchnorm=True,
                  optimizer="adam", dtype="float32", bn_momentum=0.1, bn_eps=1e-5,
-                 negative_slope=0.01, seed=None):
+                 negative_slope=0.01, seed=None, comm=None):
+        self._sync = None
+        setup = lambda: self._setup(  # noqa: E731
+            layer_sizes, activation, output, batchnorm, optimizer, dtype, bn_momentum,
+            bn_eps, negative_slope, seed)
+        if comm is None:
+            setup()
+        else:
+            _distributed.attach(self, comm, setup)
+
+    def _setup(self, layer_sizes, activation, output, batchnorm, optimizer, dtype, bn_momentum,
+               bn_eps, negative_slope, seed):
         self.layer_sizes = check.check_layer_sizes(layer_sizes)
         self.activation = check.check_choice("activation", activation, check.ACTIVATIONS)
         self.output = check.check_choice("output", output, check.OUTPUTS)
@@ -288,26 +307,40 @@ class Network:
             return _kernels.sigmoid_binary_cross_entropy(dZ, Z, b, targets)
         return _kernels.mean_squared_error(dZ, Z, b, targets)
 
+    def _train_forward(self, X, ws):
+        """Training-mode forward up to the output layer's W·A (in ws.Z[-1]); caches the
+        batch statistics of every batch-norm layer in self._bn_cache."""
+        code, slope = self._activation_code, self.negative_slope
+        A_prev = X
+        for l, layer in enumerate(self.layers[:-1]):
+            Z = ws.Z[l]
+            np.matmul(A_prev, layer.W.T, out=Z)
+            if layer.batchnorm:
+                mean, var, rstd = self._bn_cache[l]
+                if self._sync is None:
+                    _kernels.batchnorm_activation_forward(
+                        ws.A[l], mean, var, rstd, Z, layer.gamma, layer.beta, self.bn_eps,
+                        code, slope)
+                else:  # statistics over all ranks' rows
+                    self._sync.batchnorm_forward(l, ws.A[l], mean, var, rstd, Z, layer.gamma,
+                                                 layer.beta, self.bn_eps, code, slope)
+            else:
+                _kernels.bias_activation_forward(ws.A[l], Z, layer.b, code, slope)
+            A_prev = ws.A[l]
+        np.matmul(A_prev, self.layers[-1].W.T, out=ws.Z[-1])
+
     def _forward_backward(self, X, targets, ws, input_gradient=False):
         """Training-mode forward and backward on a validated batch; fills self._grads.
 
         Returns the loss (and dX when input_gradient). Running statistics are not touched.
         """
         code, slope, grads = self._activation_code, self.negative_slope, self._grad_views
-        hidden, out = self.layers[:-1], self.layers[-1]
-        A_prev = X
-        for l, layer in enumerate(hidden):
-            Z = ws.Z[l]
-            np.matmul(A_prev, layer.W.T, out=Z)
-            if layer.batchnorm:
-                mean, var, rstd = self._bn_cache[l]
-                _kernels.batchnorm_activation_forward(
-                    ws.A[l], mean, var, rstd, Z, layer.gamma, layer.beta, self.bn_eps, code, slope)
-            else:
-                _kernels.bias_activation_forward(ws.A[l], Z, layer.b, code, slope)
-            A_prev = ws.A[l]
-        np.matmul(A_prev, out.W.T, out=ws.Z[-1])
-        loss = self._loss(ws.dZ_out, ws.Z[-1], out.b, targets)
+        out = self.layers[-1]
+        self._train_forward(X, ws)
+        if self._sync is None:
+            loss = self._loss(ws.dZ_out, ws.Z[-1], out.b, targets)
+        else:  # this rank's rows' share of the global batch's loss
+            loss = self._sync.local_loss(self._loss, ws.dZ_out, ws.Z[-1], out.b, targets)
 
         # backward: dZ of the output layer comes from the loss kernel
         dZ = ws.dZ_out
@@ -320,9 +353,14 @@ class Network:
                 dZ = ws.G[l]
                 if layer.batchnorm:
                     mean, var, rstd = self._bn_cache[l]
-                    _kernels.batchnorm_activation_backward(
-                        dZ, grads[f"{l}.gamma"], grads[f"{l}.beta"], dZ, ws.A[l], ws.Z[l],
-                        layer.gamma, mean, rstd, code, slope)
+                    if self._sync is None:
+                        _kernels.batchnorm_activation_backward(
+                            dZ, grads[f"{l}.gamma"], grads[f"{l}.beta"], dZ, ws.A[l], ws.Z[l],
+                            layer.gamma, mean, rstd, code, slope)
+                    else:
+                        self._sync.batchnorm_backward(
+                            l, dZ, grads[f"{l}.gamma"], grads[f"{l}.beta"], dZ, ws.A[l],
+                            ws.Z[l], layer.gamma, mean, rstd, code, slope)
                 else:
                     _kernels.bias_activation_backward(
                         dZ, grads[f"{l}.b"], dZ, ws.A[l], code, slope)
@@ -332,6 +370,8 @@ class Network:
                 np.matmul(dZ, layer.W, out=ws.G[l - 1])        # dA_prev = dZ @ W
             elif input_gradient:
                 dX = dZ @ layer.W
+        if self._sync is not None:  # the global loss and gradients, on every rank
+            loss = self._sync.sum_gradients(self._grads, loss)
         return (loss, dX) if input_gradient else loss
 
     def _update_running_stats(self, m):
@@ -357,7 +397,7 @@ class Network:
                 f"gradient is not finite or too large (loss = {loss}, largest |gradient| = "
                 f"{largest}). The network keeps its state from before this step; try a "
                 f"smaller learning rate.")
-        self._update_running_stats(X.shape[0])
+        self._update_running_stats(X.shape[0] if self._sync is None else self._sync.n_total)
         self.optimizer.step(self._params, self._grads)
         return loss
 
@@ -382,7 +422,7 @@ class Network:
             Keyed like :meth:`parameters`; fresh copies.
         """
         input_gradient = check.check_bool("input_gradient", input_gradient)
-        X, targets = self._check_batch(X, y, min_rows=self._min_train_rows)
+        X, targets = self._check_train_batch(X, y)
         ws = self._workspace(X.shape[0])
         result = self._forward_backward(X, targets, ws, input_gradient=input_gradient)
         loss = result[0] if input_gradient else result
@@ -394,10 +434,17 @@ class Network:
     def train_step(self, X, y):
         """One mini-batch step: forward, backward, running statistics, optimizer update.
 
-        Returns the batch loss (before the update). With batch norm, X needs >= 2 rows.
+        Returns the batch loss (before the update). With batch norm, X needs >= 2 rows
+        (with ``comm``: this rank's rows of one global batch, which needs >= 2 rows).
         """
-        X, targets = self._check_batch(X, y, min_rows=self._min_train_rows)
+        X, targets = self._check_train_batch(X, y)
         return self._step(X, targets)
+
+    def _check_train_batch(self, X, y):
+        """Validate one training batch; with comm, collectively (and set the global N)."""
+        if self._sync is None:
+            return self._check_batch(X, y, min_rows=self._min_train_rows)
+        return _distributed.check_batch(self._sync, self, X, y)
 
     @staticmethod
     def _batch_bounds(m, batch_size):
@@ -458,13 +505,13 @@ class Network:
             too; see :class:`cbn.EarlyStopping`.
         checkpoint : str or os.PathLike, optional
             A file for the complete training state, written atomically after every epoch
-            (and every ``checkpoint_every`` steps). If it exists, fit resumes from it and
-            ends with exactly the network, history and generator state of an uninterrupted
-            run; a checkpoint of a finished run makes fit return its history at once. A
-            checkpoint of another run (network, data, or arguments) or a damaged one
-            raises ValueError. SIGTERM is then held back: at the next step boundary the
-            state is saved and :class:`cbn.TrainingInterrupted` is raised. See the README,
-            "Checkpoints and preemptible jobs".
+            (and every ``checkpoint_every`` steps; with comm, by rank 0). If it exists, fit
+            resumes from it and ends with exactly the network, history and generator state
+            of an uninterrupted run; a finished run's checkpoint makes fit return its
+            history at once. A checkpoint of another run (network, data or arguments) or a
+            damaged one raises ValueError. SIGTERM is then held back: at the next step
+            boundary (on every rank) the state is saved and :class:`cbn.TrainingInterrupted`
+            is raised. See the README, "Checkpoints and preemptible jobs".
         checkpoint_every : int, optional
             Also write the checkpoint every this many optimizer steps, >= 1.
 
@@ -485,36 +532,15 @@ class Network:
         TrainingInterrupted
             On SIGTERM with a checkpoint, raised once the state is saved.
         """
-        epochs = check.check_int("epochs", epochs, 1)
-        batch_size = check.check_int("batch_size", batch_size, self._min_train_rows)
-        verbose = check.check_int("verbose", verbose, 0)
-        shuffle = check.check_bool("shuffle", shuffle)
-        weight_decay = check.check_float("weight_decay", weight_decay, 0.0, math.inf,
-                                         high_open=True)
-        if lr_schedule is not None and not callable(lr_schedule):
-            raise TypeError(f"lr_schedule: expected a function of the epoch, got {lr_schedule!r}")
-        callbacks = check.check_callbacks(callbacks)
-        if checkpoint is not None:
-            checkpoint_path = os.fsdecode(check.check_path(checkpoint, "checkpoint"))
-        if checkpoint_every is not None:
-            if checkpoint is None:
-                raise ValueError("checkpoint_every: needs a checkpoint file (checkpoint=path), "
-                                 f"got checkpoint=None and checkpoint_every={checkpoint_every!r}")
-            checkpoint_every = check.check_int("checkpoint_every", checkpoint_every, 1)
         X_given = X
-        X, targets = self._check_batch(X, y, min_rows=self._min_train_rows)
-        validation = None
-        if validation_data is not None:
-            X_val, y_val = check.check_validation_data(validation_data)
-            validation = self._check_batch(X_val, y_val, x_name="validation_data[0]",
-                                           y_name="validation_data[1]")
-        m = X.shape[0]
-        bounds = self._batch_bounds(m, batch_size)
-        order = np.arange(m)
-        # gathered batches go into buffers made once per batch size
-        gather = {n: (np.empty((n,) + X.shape[1:], self.dtype),
-                      np.empty((n,) + targets.shape[1:], targets.dtype))
-                  for n in {stop - start for start, stop in bounds}} if shuffle else {}
+        (epochs, batch_size, verbose, shuffle, weight_decay, callbacks, X, targets,
+         validation) = self._check_fit(X, y, epochs, batch_size, shuffle, validation_data,
+                                       verbose, lr_schedule, weight_decay, callbacks)
+        checkpoint, checkpoint_every = _checkpoint.check_arguments(
+            self, checkpoint, checkpoint_every)
+        plan, n_steps, n_total, shuffle_state = self._batch_plan(X.shape[0], batch_size,
+                                                                 shuffle)
+        gather = {}  # batches are gathered into buffers made once per batch size
         with_accuracy = self.output != "linear"
         history = History(loss=[], time=[])
         if with_accuracy:
@@ -525,36 +551,37 @@ class Network:
                 history["val_accuracy"] = []
         if lr_schedule is not None:
             history["lr"] = []
-        run = None if checkpoint is None else _checkpoint.Run(
-            checkpoint_path, checkpoint_every, self, _checkpoint.signature(
-                self, X_given, X, targets, validation, dict(
-                    epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                    weight_decay=weight_decay, lr_schedule=lr_schedule is not None,
-                    steps_per_epoch=len(bounds),
-                    callbacks=[type(c).__name__ if hasattr(c, "state_dict") else None
-                               for c in callbacks])))
-        saved = run.read() if run is not None else None
-        position, restore = _checkpoint.Position(), None
-        if saved is not None:  # checked against this fit before anything changes
-            position, restore = run.prepare(saved, history, callbacks,
-                                            order if shuffle else None, lr_schedule)
+        # the share of a target in the epoch's accuracy
+        n_targets = targets.size if self._sync is None else self._sync.sum_int(targets.size)
+        run = None if checkpoint is None else _checkpoint.open_run(
+            self, checkpoint, checkpoint_every, dict(
+                epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                weight_decay=weight_decay, lr_schedule=lr_schedule is not None,
+                steps_per_epoch=n_steps, callbacks=[
+                    type(c).__name__ if hasattr(c, "state_dict") else None for c in callbacks]),
+            (X_given, X, targets, validation), history, callbacks, shuffle_state, lr_schedule)
+        position = _checkpoint.Position() if run is None else run.position
         self.history = history
         if position.finished:  # a finished run's checkpoint: nothing left to do
-            restore()
+            run.restore()
             return history
-        progress = _progress.Progress(verbose, epochs, len(bounds)) if verbose else None
+        printing = verbose and (self._sync is None or self._sync.rank == 0)
+        progress = _progress.Progress(verbose, epochs, n_steps) if printing else None
         for callback in callbacks:
             if hasattr(callback, "on_train_begin"):
                 callback.on_train_begin(self, history)
-        if restore is not None:
-            restore()
-        with _interrupts_between_steps() as interrupted, \
-                _checkpoint.sigterm_held(run is not None) as terminated, \
+        if run is not None:
+            run.restore()
+        # under MPI the launcher forwards Ctrl-C to every rank at slightly different steps;
+        # holding it back could leave ranks waiting for each other, so it is not held
+        holding = _interrupts_between_steps() if self._sync is None \
+            else contextlib.nullcontext(lambda: False)
+        with holding as interrupted, _checkpoint.sigterm_held(run), \
                 self._fit_state(weight_decay, progress):
             for epoch in range(position.epoch + 1, epochs + 1):
-                if position.stopped:
+                if position.stopped:  # by a callback, before the checkpoint was written
                     break
-                start_time = time.perf_counter() - position.elapsed
+                start_time = time.perf_counter() - position.elapsed  # resumed: time so far
                 if lr_schedule is not None:
                     self.optimizer.lr = check.check_positive(
                         f"lr_schedule({epoch - 1})", lr_schedule(epoch - 1))
@@ -562,21 +589,18 @@ class Network:
                 if progress is not None:
                     progress.begin(epoch)
                 if run is not None:
-                    run.epoch_begins(order if shuffle else None)
-                if shuffle:
-                    self._rng.shuffle(order)
+                    run.epoch_begins()
                 loss_sum, correct = position.loss_sum, position.correct
-                for i, (start, stop) in enumerate(bounds[position.step:], position.step + 1):
-                    if shuffle:
-                        Xb, tb = gather[stop - start]
-                        np.take(X, order[start:stop], axis=0, out=Xb)
-                        np.take(targets, order[start:stop], axis=0, out=tb)
-                    else:
-                        Xb, tb = X[start:stop], targets[start:stop]
+                # resumed mid-epoch: the same shuffle, without the steps already taken
+                for step, (rows, batch_rows) in enumerate(plan(epoch)[position.step:],
+                                                          position.step + 1):
+                    Xb, tb = self._gather_batch(X, targets, rows, gather)
+                    if self._sync is not None:
+                        self._sync.n_total = batch_rows
                     loss = self._step(Xb, tb)
-                    loss_sum += loss * (stop - start)
+                    loss_sum += loss * batch_rows
                     if with_accuracy:
-                        correct += self._correct_count(self._workspace(stop - start), tb)
+                        correct += self._correct_count(self._workspace(tb.shape[0]), tb)
                     if progress is not None:
                         progress.step(loss)
                     if interrupted():
@@ -584,30 +608,154 @@ class Network:
                             f"fit interrupted in epoch {epoch} after optimizer step "
                             f"{self.optimizer.t}; the network holds that step's state and "
                             f"net.history the completed epochs")
-                    if run is not None and (terminated() or run.due(epoch, i)):
-                        position = _checkpoint.Position(
-                            epoch - 1, i, loss_sum, correct, time.perf_counter() - start_time)
-                        run.save(history, callbacks, position, order if shuffle else None)
-                        if terminated():
-                            raise _checkpoint.TrainingInterrupted(run.path, epoch, i)
-                self._end_epoch(history, loss_sum / m, correct / targets.size, validation,
+                    if run is not None:
+                        run.after_step(epoch, step, loss_sum, correct, start_time)
+                if self._sync is not None and with_accuracy:
+                    correct = self._sync.sum_int(correct)
+                self._end_epoch(history, loss_sum / n_total, correct / n_targets, validation,
                                 start_time)
                 if progress is not None:
                     progress.end(epoch, history)
                 # every callback sees every epoch, even when an earlier one asks to stop
-                position = _checkpoint.Position(
-                    epoch, stopped=any([callback(self, epoch, history) for callback in callbacks]))
+                stop = any([callback(self, epoch, history) for callback in callbacks])
+                position = _checkpoint.Position(epoch, stopped=stop)
                 if run is not None:
-                    run.save(history, callbacks, position, order if shuffle else None)
-                    if terminated():
-                        raise _checkpoint.TrainingInterrupted(run.path, epoch, len(bounds))
+                    run.after_epoch(position)
+                if stop:
+                    break
         for callback in callbacks:
             if hasattr(callback, "on_train_end"):
                 callback.on_train_end(self, history)
-        if run is not None:  # a fit called again on this file returns at once
-            position.finished = True
-            run.save(history, callbacks, position, order if shuffle else None)
+        if run is not None:
+            run.finish(position)
         return history
+
+    def _check_fit(self, X, y, epochs, batch_size, shuffle, validation_data, verbose,
+                   lr_schedule, weight_decay, callbacks):
+        """Validate fit's arguments (with comm: on every rank, agreeing, and alike)."""
+        def local():
+            checked = (check.check_int("epochs", epochs, 1),
+                       check.check_int("batch_size", batch_size, self._min_train_rows),
+                       check.check_int("verbose", verbose, 0),
+                       check.check_bool("shuffle", shuffle),
+                       check.check_float("weight_decay", weight_decay, 0.0, math.inf,
+                                         high_open=True))
+            if lr_schedule is not None and not callable(lr_schedule):
+                raise TypeError(
+                    f"lr_schedule: expected a function of the epoch, got {lr_schedule!r}")
+            checked += (check.check_callbacks(callbacks),)
+            if self._sync is None:
+                data = self._check_batch(X, y, min_rows=self._min_train_rows)
+            else:  # a shard, maybe memory-mapped: checked in chunks, never copied whole
+                data = _distributed.check_shard(self, X, y)
+            validation = None
+            if validation_data is not None:
+                X_val, y_val = check.check_validation_data(validation_data)
+                validation = self._check_batch(
+                    X_val, y_val, min_rows=0 if self._sync else 1,
+                    x_name="validation_data[0]", y_name="validation_data[1]")
+            return checked + data + (validation,)
+        if self._sync is None:
+            return local()
+        return _distributed.check_fit(self._sync, local, lr_schedule is not None)
+
+    def _batch_plan(self, n_rows, batch_size, shuffle):
+        """Which rows each step of an epoch takes.
+
+        Returns (plan, steps per epoch, rows per epoch over all ranks, shuffle state);
+        ``plan(epoch)`` lists (rows, rows of the global batch) per step, rows being a slice
+        or an index array into this rank's X. Without comm: the rows, reshuffled every epoch
+        by the network's generator, cut into batch_size-row batches (a 1-row remainder
+        joins the batch before it). With comm: the batch rule of
+        :func:`cbn._distributed.epoch_plan`. The shuffle state is the int64 array that,
+        with the generator's state, decides the coming plans (a checkpoint saves it): the
+        permutation that the next epoch reshuffles, or the key of the batch rule.
+        """
+        if self._sync is not None:
+            return _distributed.batch_plan(self._sync, self, n_rows, batch_size, shuffle)
+        bounds = self._batch_bounds(n_rows, batch_size)
+        if not shuffle:
+            return ((lambda epoch: [(slice(a, b), b - a) for a, b in bounds]), len(bounds),
+                    n_rows, None)
+        order = np.arange(n_rows, dtype=np.int64)
+
+        def plan(epoch):
+            self._rng.shuffle(order)
+            return [(order[a:b], b - a) for a, b in bounds]
+        return plan, len(bounds), n_rows, order
+
+    def _gather_batch(self, X, targets, rows, buffers):
+        """The batch X[rows], targets[rows], in reused buffers (a slice is a view)."""
+        if isinstance(rows, slice) and X.dtype == self.dtype:
+            return X[rows], targets[rows]
+        if isinstance(rows, slice):
+            rows = np.arange(rows.start, rows.stop)
+        n = rows.shape[0]
+        Xb, tb = buffers.get(n) or buffers.setdefault(
+            n, (np.empty((n,) + X.shape[1:], self.dtype),
+                np.empty((n,) + targets.shape[1:], targets.dtype)))
+        _distributed.gather(Xb, X, rows)
+        np.take(targets, rows, axis=0, out=tb)
+        return Xb, tb
+
+    def recompute_statistics(self, X, *, batch_size=256):
+        """Replace the running statistics by population estimates over one pass through X.
+
+        The inference statistics of the batch-norm paper (Ioffe & Szegedy 2015, §3.1,
+        Algorithm 2): X is cut into batches as ``fit(shuffle=False)`` would cut it; each
+        batch runs through the training-mode forward (every layer normalized with its
+        batch's statistics, parameters untouched) and every batch-norm layer's
+        ``running_mean`` becomes the mean of its batch means and ``running_var`` the mean of
+        its unbiased batch variances ``m / (m - 1) * var_B`` (m the batch's rows; batches
+        are equal but for the last). With comm, collective: each rank passes its shard and
+        the batches are the global batches of fit's batch rule (without shuffling).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Typically the training data; a memory-mapped array is read batch by batch.
+        batch_size : int, default=256
+            Rows per batch (over all ranks with comm), >= 2.
+        """
+        def local():
+            size = check.check_int("batch_size", batch_size, 2)
+            if self._sync is None:
+                return size, check.check_features("X", X, self.layer_sizes[0], self.dtype, 2)
+            return size, _distributed.check_features("X", X, self.layer_sizes[0], self.dtype)
+        if self._sync is None:
+            size, X_checked = local()
+            bounds = self._batch_bounds(X_checked.shape[0], size)
+            batches = [(slice(a, b), b - a) for a, b in bounds]
+        else:
+            (size, X_checked), counts = _distributed.agree(
+                self._sync.comm, local, count=lambda result: result[1].shape[0])
+            self._sync.counts = counts
+            plan, _, _, _ = _distributed.batch_plan(self._sync, self, X_checked.shape[0], size,
+                                                    False)
+            batches = plan(0)
+        if not self._bn_cache:
+            return
+        mean_sum = [np.zeros(layer.n_out) for layer in self.layers if layer.batchnorm]
+        var_sum = [np.zeros(layer.n_out) for layer in self.layers if layer.batchnorm]
+        buffers = {}
+        for rows, m in batches:
+            if isinstance(rows, slice):
+                Xb = X_checked[rows]
+            else:
+                n = rows.shape[0]
+                if n not in buffers:
+                    buffers[n] = np.empty((n, X_checked.shape[1]), self.dtype)
+                Xb = _distributed.gather(buffers[n], X_checked, rows)
+            if self._sync is not None:
+                self._sync.n_total = m
+            self._train_forward(Xb, self._workspace(Xb.shape[0]))
+            for l, (mean, var, _) in enumerate(self._bn_cache):
+                mean_sum[l] += mean
+                var_sum[l] += var * (m / (m - 1))
+        for layer, total_mean, total_var in zip(
+                [layer for layer in self.layers if layer.batchnorm], mean_sum, var_sum):
+            layer.running_mean[...] = total_mean / len(batches)
+            layer.running_var[...] = total_var / len(batches)
 
     def _end_epoch(self, history, loss, accuracy, validation, start_time):
         """Record one epoch in history, validating in inference mode."""
@@ -718,6 +866,8 @@ class Network:
         return outputs[:, 0] if outputs.shape[1] == 1 else outputs
 
     def _evaluate(self, X, targets):
+        if self._sync is not None:
+            return _distributed.evaluate(self._sync, self, X, targets)
         logits = self._logits(X)
         loss = self._loss(np.empty_like(logits), logits, self.layers[-1].b, targets)
         scores = {"loss": loss}
@@ -733,9 +883,15 @@ class Network:
     def evaluate(self, X, y):
         """Loss (and accuracy, for softmax and sigmoid outputs) in inference mode.
 
-        Returns a dict with 'loss' and, except for linear outputs, 'accuracy'.
+        Returns a dict with 'loss' and, except for linear outputs, 'accuracy'. With comm,
+        collective: each rank passes its shard (0 rows allowed) and all get the scores
+        over all shards.
         """
-        X, targets = self._check_batch(X, y)
+        if self._sync is None:
+            X, targets = self._check_batch(X, y)
+        else:
+            (X, targets), _ = _distributed.agree(
+                self._sync.comm, lambda: self._check_batch(X, y, min_rows=0))
         return self._evaluate(X, targets)
 
     # ------------------------------------------------------------------ save / load
@@ -770,8 +926,13 @@ class Network:
         The file is a NumPy ``.npz`` archive without pickled objects, with a format version
         and a checksum of its configuration and arrays. It is written to a temporary file in
         the same folder and renamed over ``path``, so a failed save leaves any previous file
-        intact.
+        intact. With comm, collective: rank 0 writes, every rank raises if that fails.
         """
+        if self._sync is not None:
+            return _distributed.save(self._sync, self, path)
+        return self._save_local(path)
+
+    def _save_local(self, path):
         path = check.check_path(path)
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".cbn-", suffix=".tmp", dir=folder)
@@ -795,18 +956,31 @@ class Network:
 
     def __reduce__(self):
         # the flat buffers and their views must be rebuilt together, so copies go through
-        # the save format (arrays and JSON only) rather than the instance __dict__
+        # the save format (arrays and JSON only) rather than the instance __dict__; a copy
+        # has no communicator
+        return _network_from_bytes, (self._to_bytes(),)
+
+    def _to_bytes(self):
         f = io.BytesIO()
         self._write(f)
-        return _network_from_bytes, (f.getvalue(),)
+        return f.getvalue()
 
     @classmethod
-    def load(cls, path):
+    def _from_bytes(cls, data):
+        return _network_from_bytes(data)
+
+    @classmethod
+    def load(cls, path, comm=None):
         """Load a network saved by :meth:`save`; never unpickles anything.
+
+        With comm, collective: rank 0 reads the file and every rank gets the network,
+        bound to comm.
 
         Raises ValueError if the file is not a cbn network, is damaged, was edited, or was
         written by an unknown format version.
         """
+        if comm is not None:
+            return _distributed.load(cls, path, comm)
         path = check.check_path(path)
         try:  # the file is opened here, so it is closed even when np.load fails on it
             with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:

