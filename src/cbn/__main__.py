@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from cbn import Adam, EarlyStopping, Network
+from cbn import Adam, EarlyStopping, Network, _model_file
 from cbn._datasets import load_digits_split
 from cbn.optimizers import OPTIMIZERS
 from cbn.plotting import figure_class
@@ -208,9 +208,9 @@ def _load_model(path):
     if not os.path.isfile(path):
         raise CommandError(f"{path}: no such file")
     with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
-            raise CommandError(f"{path}: not a cbn model file (expected an .npz archive "
-                               f"written by cbn train or Network.save)")
+        if _model_file.file_format(f.read(9)) is None:
+            raise CommandError(f"{path}: not a cbn model file (expected a .safetensors file "
+                               f"written by cbn train or Network.save, or an older .npz one)")
     return Network.load(path)  # a ValueError names the file and what is wrong with it
 
 
@@ -366,7 +366,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
                    help="1: a progress bar per epoch (default), 2: a line per epoch")
-    p.add_argument("--out", default="model.npz", help="model file to write (default model.npz)")
+    p.add_argument("--out", default="model.safetensors",
+                   help="model file to write (default model.safetensors)")
     p.add_argument("--plot", metavar="PNG", help="also save the learning curves (matplotlib)")
     p.set_defaults(run=train)
 
