@@ -1,4 +1,4 @@
-"""Command line: ``cbn`` (or ``python -m cbn``) train, predict, evaluate, info and demo.
+"""Command line: ``cbn`` (or ``python -m cbn``) train, predict, evaluate, info, export and demo.
 
 Data files are CSV (a header row of column names, numbers in every feature column; the
 target column may hold any labels) or NPZ (an array ``X`` of shape (n_samples, n_features)
@@ -296,6 +296,21 @@ def info(args):
     return 0
 
 
+def export(args):
+    """Write the model's inference graph as an ONNX file."""
+    net = _load_model(args.model)
+    net.to_onnx(args.out, fold_batchnorm=not args.no_fold)
+    if not net.batchnorm:
+        bn = "no batch norm"
+    elif args.no_fold:
+        bn = "batch norm as BatchNormalization nodes"
+    else:
+        bn = "batch norm folded into the Gemm weights"
+    print(f"wrote {args.out}: ONNX opset 13, input X (N, {net.layer_sizes[0]}), output Y "
+          f"(N, {net.layer_sizes[-1]}) in {np.dtype(net.dtype).name}, {bn}")
+    return 0
+
+
 def demo(args):
     """Train on the digits data with batch norm and without; report accuracy and time."""
     X_train, y_train, X_test, y_test = load_digits_split(seed=args.seed)
@@ -386,6 +401,14 @@ def build_parser():
     p = commands.add_parser("info", help="describe a saved model")
     p.add_argument("model")
     p.set_defaults(run=info)
+
+    p = commands.add_parser("export", help="write a model as an ONNX file (needs cbn[onnx])")
+    p.add_argument("model")
+    p.add_argument("out", help="the .onnx file to write")
+    p.add_argument("--no-fold", action="store_true",
+                   help="keep batch norm as BatchNormalization nodes instead of folding it "
+                        "into the Gemm weights")
+    p.set_defaults(run=export)
 
     p = commands.add_parser("demo", help="train on the digits data with and without batch norm")
     p.add_argument("--epochs", type=int, default=20)

@@ -724,6 +724,29 @@ class Network:
         """
         return _model_file.load_network(cls, path)
 
+    def to_onnx(self, path, *, fold_batchnorm=True):
+        """Export the inference graph as an ONNX model (opset 13, IR version 7).
+
+        Needs the ``onnx`` package (``pip install 'cbn[onnx]'``). The graph's input "X" has
+        shape (N, n_features), its output "Y" shape (N, n_out) in the network's dtype: what
+        :meth:`predict_proba` returns (:meth:`predict` for linear outputs).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (atomically, like :meth:`save`).
+        fold_batchnorm : bool, default=True
+            Fold batch norm into each layer's Gemm (computed in float64, rounded once), or
+            keep it as a BatchNormalization node holding gamma, beta and the running statistics.
+
+        Returns
+        -------
+        onnx.ModelProto
+            The model written.
+        """
+        from cbn._onnx import to_onnx
+        return to_onnx(self, path, fold_batchnorm=fold_batchnorm)
+
 
 def _network_from_bytes(data):
     """Unpickle a Network from the bytes of its save format (format 2, or 1 in old pickles)."""
