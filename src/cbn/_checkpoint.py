@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from cbn import _model_file
 from cbn import _validation as check
 
 FORMAT_NAME = "cbn.Checkpoint"
@@ -172,7 +173,7 @@ class Run:
         }
         arrays = _state_arrays(net)
         if shuffle_state is not None:
-            arrays["fit.shuffle"] = shuffle_state
+            arrays["fit.shuffle"] = shuffle_state   # I64
         for i, callback in enumerate(self.callbacks):
             if not hasattr(callback, "state_dict"):
                 state["callbacks"].append(None)
@@ -313,10 +314,8 @@ def sigterm_held(run):
 
 
 def _state_arrays(net):
-    """The network's arrays a checkpoint holds, by name."""
-    arrays = {"params": net._params, "running": net._running}
-    arrays.update({f"optimizer.{k}": v for k, v in net.optimizer.state.items()})
-    return arrays
+    """The network's tensors a checkpoint holds, named as in the model file (live views)."""
+    return _model_file.network_tensors(net)
 
 
 def _checked_array(arrays, name, target):
@@ -385,22 +384,16 @@ def run_signature(net, fit_args, X_given, X, targets, validation):
 
 # ---------------------------------------------------------------------- the file
 
-def _write(path, config, arrays):
-    """Write config (JSON) and arrays to path atomically (temporary file, fsync, rename)."""
-    from cbn.network import _checksum
-    config = dict(config, format=FORMAT_NAME, format_version=FORMAT_VERSION)
-    config["checksum"] = _checksum(config, arrays)
-    partial = path + ".partial"  # one fixed name: a write killed half-way leaves no litter
-    try:
-        with open(partial, "wb") as f:
-            np.savez(f, config=np.array(json.dumps(config)), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
+def _write(path, contents, tensors):
+    """Write the JSON-able contents and the tensors to path as safetensors, atomically.
+
+    The metadata holds "format", "format_version" and each key of contents as JSON text;
+    the model file's writer adds the SHA-256 checksum.
+    """
+    metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
+    metadata.update({key: json.dumps(value) for key, value in contents.items()})
+    _model_file.atomic_save(path, lambda f: _model_file.write(f, tensors, metadata),
+                            temporary=path + ".partial")
     _fsync_folder(path)
 
 
@@ -415,22 +408,23 @@ def _fsync_folder(path):
 
 
 def _read(path):
-    """(config, arrays) of a checkpoint file; ValueError naming it if it is not one."""
-    from cbn.network import _checksum
+    """(contents, tensors) of a checkpoint file; ValueError naming it if it is not one."""
+    with open(path, "rb") as f:
+        data = f.read()
     try:
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-        config = json.loads(str(arrays.pop("config")))
-    except Exception as exc:
-        raise ValueError(f"checkpoint: {path!r} is not a readable cbn checkpoint, damaged or "
-                         f"truncated ({type(exc).__name__}: {exc})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
-        raise ValueError(f"checkpoint: {path!r} is not a cbn checkpoint (format "
-                         f"{config.get('format') if isinstance(config, dict) else None!r})")
-    if config.get("format_version") != FORMAT_VERSION:
+        tensors, metadata = _model_file.read(data)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint: {path!r} is not a readable cbn checkpoint: damaged, "
+                         f"truncated or not a checkpoint ({exc})") from None
+    if metadata.get("format") != FORMAT_NAME:
+        raise ValueError(f"checkpoint: {path!r} is not a cbn checkpoint (its format is "
+                         f"{metadata.get('format')!r}, expected {FORMAT_NAME!r})")
+    if metadata.get("format_version") != str(FORMAT_VERSION):
         raise ValueError(f"checkpoint: {path!r} has format version "
-                         f"{config.get('format_version')!r}, expected {FORMAT_VERSION}")
-    if config.pop("checksum", None) != _checksum(config, arrays):
-        raise ValueError(f"checkpoint: {path!r} fails its checksum: the file was damaged "
-                         f"or edited")
-    return config, arrays
+                         f"{metadata.get('format_version')!r}, expected {FORMAT_VERSION}")
+    try:
+        contents = {key: json.loads(metadata[key]) for key in ("signature", "state")}
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"checkpoint: {path!r} does not hold a training state "
+                         f"({type(exc).__name__}: {exc})") from None
+    return contents, tensors
