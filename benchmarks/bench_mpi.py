@@ -142,11 +142,12 @@ def main():
                                     text=True).stdout.replace("\0", "").strip().splitlines()[-1])
     print(f"\nper global step, float32, median of {args.steps} (provisional on a busy machine)")
     print(f"{'config':8} {'1p x 2t ms':>11} {'1p x 1t ms':>11} {'2r x 1t ms':>11} "
-          f"{'2r/1p x2t':>10} {'comm ms':>8} {'MB sent/rank':>13}")
+          f"{'2r/1p x2t':>10} {'in MPI ms':>9} {'MB sent/rank':>13}")
     for name in CONFIGS:
         a, c, b = one[name], one_1t[name], two[name]
         print(f"{name:8} {a['step'] * 1e3:11.2f} {c['step'] * 1e3:11.2f} {b['step'] * 1e3:11.2f} "
-              f"{a['step'] / b['step']:9.2f}x {b['comm'] * 1e3:8.2f} {b['bytes'] / 1e6:13.2f}")
+              f"{a['step'] / b['step']:9.2f}x {b['comm'] * 1e3:9.2f} {b['bytes'] / 1e6:13.2f}")
+    print("(in MPI: time inside MPI calls, including waiting for the slower rank)")
     alpha, bandwidth = two["alpha"], two["bandwidth"]
     print(f"\nmeasured here: alpha {alpha * 1e6:.1f} us, bandwidth {bandwidth / 1e9:.2f} GB/s "
           f"(shared memory)")

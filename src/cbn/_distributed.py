@@ -31,8 +31,12 @@ from cbn import _validation as check
 
 # rows of X checked for finiteness at a time (a memory-mapped shard is never read whole)
 _CHECK_CHUNK_BYTES = 64 << 20
-_ERROR_CODES = {ValueError: 1, TypeError: 2, FloatingPointError: 3}
-_ERROR_TYPES = {code: kind for kind, code in _ERROR_CODES.items()}
+# the kinds of error every rank re-raises as such (others become RuntimeError elsewhere)
+_ERROR_TYPES = {1: ValueError, 2: TypeError, 3: FloatingPointError, 4: OSError}
+
+
+def _error_code(error):
+    return next((code for code, kind in _ERROR_TYPES.items() if isinstance(error, kind)), 5)
 
 
 def _mpi():
@@ -70,7 +74,7 @@ def agree(comm, work, count=None):
         result, error = None, exc
     mine = np.zeros(2, np.int64)
     if error is not None:
-        mine[0] = _ERROR_CODES.get(type(error), 4)
+        mine[0] = _error_code(error)
     elif count is not None:
         mine[1] = count(result)
     table = np.empty((comm.Get_size(), 2), np.int64)
@@ -82,7 +86,7 @@ def agree(comm, work, count=None):
         others = f" (and rank(s) {', '.join(map(str, failed[1:]))})" if failed.size > 1 else ""
         kind = _ERROR_TYPES.get(int(table[first, 0]), RuntimeError)
         text = messages[first]
-        if kind is not RuntimeError:
+        if kind in (ValueError, TypeError, FloatingPointError):   # the type name is implied
             text = text.split(": ", 1)[1]
         raised = kind(f"rank {first}{others}: {text}")
         if error is not None:
@@ -369,7 +373,6 @@ def check_batch(sync, net, X, y, x_name="X", y_name="y"):
                          f"ranks{why}, got {n_total} (rows per rank: {counts.tolist()})")
     sync.n_total = n_total
     return X, targets
-
 
 
 def check_fit(sync, local, has_schedule):

@@ -405,7 +405,9 @@ class Network:
         """Training-mode loss and gradients on one batch; changes nothing.
 
         Neither the running statistics nor the parameters nor the optimizer move, which
-        makes this the call for finite-difference checks.
+        makes this the call for finite-difference checks. With ``comm``, collective: X is
+        this rank's rows of one global batch, and every rank gets the global loss and
+        gradients (dX: this rank's rows).
 
         Parameters
         ----------
@@ -516,6 +518,20 @@ class Network:
             If a step produces a non-finite loss or gradient; that step is not applied.
         KeyboardInterrupt
             On Ctrl-C, raised after the step in progress completes.
+
+        Notes
+        -----
+        With ``comm``, fit is collective: each rank passes its own shard (of any size, 0
+        rows included; a memory-mapped ``.npy`` array is never copied whole) and
+        ``batch_size`` counts the rows of a global step. Every rank takes the same
+        S = ceil(N / batch_size) steps per epoch (N: the rows of all shards; a 1-row
+        remainder joins the batch before it); each epoch rank r permutes its shard with
+        ``numpy.random.default_rng([key, epoch, r])`` (``key`` drawn per fit call from the
+        network's generator, identical on all ranks) and takes the s-th of S near-equal
+        slices of it as its part of step s (see ``cbn._distributed.epoch_plan``). Every
+        example is used once per epoch; the history, callbacks and ``validation_data``
+        (each rank its own part) see global values; only rank 0 prints. The other
+        arguments must be the same on every rank.
         """
         (epochs, batch_size, verbose, shuffle, weight_decay, callbacks, X, targets,
          validation) = self._check_fit(X, y, epochs, batch_size, shuffle, validation_data,
