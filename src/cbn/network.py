@@ -5,6 +5,7 @@ so an optimizer step is one kernel call; each layer's W, b, gamma, beta are view
 Per batch size, the work buffers of a training step are allocated once and reused.
 """
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -157,9 +158,9 @@ class Network:
                  optimizer="adam", dtype="float32", bn_momentum=0.1, bn_eps=1e-5,
                  negative_slope=0.01, seed=None, comm=None):
         self._sync = None
-        setup = lambda: self._setup(  # noqa: E731
-            layer_sizes, activation, output, batchnorm, optimizer, dtype, bn_momentum,
-            bn_eps, negative_slope, seed)
+        setup = functools.partial(
+            self._setup, layer_sizes, activation, output, batchnorm, optimizer, dtype,
+            bn_momentum, bn_eps, negative_slope, seed)
         if comm is None:
             setup()
         else:
