@@ -24,6 +24,7 @@ CHECKS = [
     "input gradients; float32",
     "fit equals one process on the same global batches",
     "validation_data, early stopping, verbose",
+    "a network changed on one rank only is refused",
     "evaluate, predict, save and load with comm",
     "recompute_statistics over all shards",
     "bad input on one rank raises on all ranks and changes nothing",

@@ -23,6 +23,7 @@ Per training step, with L batch-norm layers of widths D_l and n parameters:
   bandwidth of a ring allreduce, and deterministic.
 """
 import json
+import zlib
 
 import numpy as np
 
@@ -244,6 +245,21 @@ class Sync:
         # ... and every rank gets every sum
         comm.Allgatherv(_mpi().IN_PLACE, [grads, (chunks, offsets), self._float])
         return loss
+
+    def check_identical(self, net, epoch):
+        """Raise on every rank if a rank's parameters or statistics are not rank 0's.
+
+        Ranks stay identical by construction; this catches a state changed on one rank only
+        (e.g. parameters edited there between steps), once per epoch, for a CRC of the state.
+        """
+        crc = zlib.crc32(net._running, zlib.crc32(net._params))
+        crcs = self.comm.allgather(crc)
+        differ = [r for r, value in enumerate(crcs) if value != crcs[0]]
+        if differ:
+            raise RuntimeError(
+                f"rank {differ[0]}: its parameters or running statistics differ from rank "
+                f"0's after epoch {epoch}; they were changed on some ranks only (every rank "
+                f"must make the same changes to the network)")
 
     def sum_int(self, value):
         """Sum an integer over all ranks (exact)."""

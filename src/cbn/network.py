@@ -587,8 +587,10 @@ class Network:
                             f"fit interrupted in epoch {epoch} after optimizer step "
                             f"{self.optimizer.t}; the network holds that step's state and "
                             f"net.history the completed epochs")
-                if self._sync is not None and with_accuracy:
-                    correct = self._sync.sum_int(correct)
+                if self._sync is not None:
+                    self._sync.check_identical(self, epoch)
+                    if with_accuracy:
+                        correct = self._sync.sum_int(correct)
                 self._end_epoch(history, loss_sum / n_total, correct / n_targets, validation,
                                 start_time)
                 if progress is not None:
