@@ -7,7 +7,10 @@ Two layers live here:
   dtype and shape checked) and :func:`atomic_save` (temporary file, fsync, rename). Both
   :func:`write` and :func:`read` handle the SHA-256 checksum described below.
 * The cbn layer: a :class:`~cbn.Network` as tensors and metadata (format 2), and the reader
-  of the format-1 ``.npz`` archives older versions wrote (detected by content).
+  of the format-1 ``.npz`` archives older versions wrote (detected by content). Files that
+  hold a network and more (checkpoints) reuse it: ``write(f, {**network_tensors(net),
+  **extra}, {**network_metadata(net), **more})``, then :func:`read` and
+  :func:`network_from_contents` on the network's part.
 
 Format 2, exactly (the C loader ``cbn_model.c`` reads the same files)::
 
@@ -384,7 +387,9 @@ def network_from_bytes(cls, data):
 def network_from_contents(cls, tensors, metadata):
     """A ``cls`` (Network) from the tensors and metadata :func:`read` returned.
 
-    Exactly the model's tensors must be present (a checkpoint removes its own first).
+    Exactly the model's tensors must be present, in the file's order; metadata keys other
+    than the format's are ignored. A file that stores more (a checkpoint) passes the model's
+    part: ``{k: v for k, v in tensors.items() if k in ours}``.
     """
     if metadata.get("format") != FORMAT_NAME:
         raise ValueError(f"expected a {FORMAT_NAME} file, got format {metadata.get('format')!r}")
@@ -394,7 +399,10 @@ def network_from_contents(cls, tensors, metadata):
     missing = [key for key in (*FLAT_KEYS, "config") if key not in metadata]
     if missing:
         raise ValueError(f"the metadata lacks {missing}")
-    config = json.loads(metadata["config"])
+    try:
+        config = json.loads(metadata["config"])
+    except ValueError as exc:
+        raise ValueError(f"the configuration is not valid JSON ({exc})") from None
     if not isinstance(config, dict):
         raise ValueError("the configuration is not a JSON object")
     # a forged configuration must not make the constructor allocate more than the file holds
