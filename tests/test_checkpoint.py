@@ -459,3 +459,26 @@ def test_a_kill_during_the_write_leaves_the_previous_checkpoint(tmp_path, uninte
     result, starts = run_with_kills(tmp_path, signal.SIGKILL, 0, kills=0, every=7)
     assert starts == [7]
     assert_same(result, uninterrupted)
+
+
+def test_a_crash_in_on_train_end_resumes_to_the_same_end(tmp_path):
+    """Training ended but the final write did not happen: the resumed fit ends it again."""
+    X, y = data()
+    reference = make()
+    reference.fit(X, y, **fit_kwargs())
+
+    class FailingEnd:
+        def __call__(self, net, epoch, history):
+            return False
+
+        def on_train_end(self, net, history):
+            raise Crash
+
+    net, kwargs = make(), fit_kwargs()
+    with pytest.raises(Crash):
+        net.fit(X, y, checkpoint=tmp_path / "c",
+                **dict(kwargs, callbacks=kwargs["callbacks"] + [FailingEnd()]))
+    resumed, kwargs = make(), fit_kwargs()
+    resumed.fit(X, y, checkpoint=tmp_path / "c",
+                **dict(kwargs, callbacks=kwargs["callbacks"] + [lambda *a: False]))
+    assert_same(state(resumed), state(reference))

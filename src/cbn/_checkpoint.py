@@ -132,8 +132,11 @@ class Run:
 
     def after_epoch(self, position):
         """After an epoch and its callbacks: write; stop here if asked to."""
-        self._save(position)
-        if self._stop_agreed():
+        stop = self._stop_agreed()
+        # when training ends here, finish() writes once on_train_end has run
+        if stop or not (position.stopped or position.epoch == self.signature["fit"]["epochs"]):
+            self._save(position)
+        if stop:
             raise TrainingInterrupted(self.path, position.epoch, self.steps_per_epoch)
 
     def finish(self, position):
