@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import cbn
-from cbn import _checkpoint
 
 
 def data(n=90, n_x=5, seed=0):
@@ -313,6 +312,10 @@ def test_checkpoint_arguments_are_checked(tmp_path):
         make().fit(X, y, checkpoint=tmp_path / "c", checkpoint_every=0)
     with pytest.raises(TypeError, match="checkpoint: expected a file name"):
         make().fit(X, y, checkpoint=3.5)
+    with pytest.raises(ValueError, match="checkpoint: expected a file name, got the folder"):
+        make().fit(X, y, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="checkpoint: the folder .* does not exist"):
+        make().fit(X, y, checkpoint=tmp_path / "missing" / "c")
 
 
 # ----------------------------------------------------------------------------- atomicity
@@ -383,17 +386,19 @@ def read_result(path):
         return {k: f[k] for k in f.files}
 
 
-def run_with_kills(tmp_path, sig, seed, kills, every, argv_prefix=(), max_delay=0.3):
+def run_with_kills(tmp_path, sig, seed, kills, every, max_delay=0.3):
     """Run the child, killing it `kills` times at seeded random moments after its training
-    began, restarting until it completes. Returns (result, steps each restart began at)."""
+    began (up to max_delay seconds), restarting until it completes.
+
+    Returns (result, the step each run began at, the exit codes)."""
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     ckpt, result = tmp_path / "run.ckpt", tmp_path / "result.npz"
     rand = random.Random(seed)
-    starts = []
+    starts, codes = [], []
     for attempt in range(kills + 1):
         proc = subprocess.Popen(
-            [*argv_prefix, sys.executable, str(script), str(ckpt), str(result), str(every)],
+            [sys.executable, str(script), str(ckpt), str(result), str(every)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
         line = proc.stdout.readline()
         if line.startswith("resumed-from"):
@@ -402,33 +407,48 @@ def run_with_kills(tmp_path, sig, seed, kills, every, argv_prefix=(), max_delay=
                 time.sleep(rand.uniform(0.0, max_delay))
                 proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
-        expected = {0, 75 if sig == signal.SIGTERM else -signal.SIGKILL} \
-            if attempt < kills else {0}
-        assert proc.returncode in expected, (proc.returncode, line, out, err)
+        # SIGTERM in fit: state saved, TrainingInterrupted (75); after fit: the default action
+        expected = {0, 75, -signal.SIGTERM} if sig == signal.SIGTERM else {0, -signal.SIGKILL}
+        assert proc.returncode in (expected if attempt < kills else {0}), \
+            (proc.returncode, line, out, err)
+        codes.append(proc.returncode)
         if sig == signal.SIGTERM:  # saved at a step boundary, never half-written
             assert not (tmp_path / "run.ckpt.partial").exists()
         if proc.returncode == 0:
             break
-    return read_result(result), starts
+    return read_result(result), starts, codes
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    """The child's result without kills, and how long its training took with checkpoints."""
     folder = tmp_path_factory.mktemp("reference")
     script = folder / "child.py"
     script.write_text(CHILD)
     subprocess.run([sys.executable, str(script), "-", str(folder / "r.npz")], check=True,
                    env=child_env(), stdout=subprocess.DEVNULL)
-    return read_result(folder / "r.npz")
+    proc = subprocess.Popen([sys.executable, str(script), str(folder / "c"),
+                             str(folder / "r2.npz"), "5"], stdout=subprocess.PIPE, text=True,
+                            env=child_env())
+    proc.stdout.readline()
+    start = time.monotonic()
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    return read_result(folder / "r.npz"), time.monotonic() - start
 
 
 @pytest.mark.parametrize("sig, seed", [(signal.SIGKILL, 0), (signal.SIGKILL, 1),
                                        (signal.SIGTERM, 2), (signal.SIGTERM, 3)])
 def test_killed_training_resumes_bit_for_bit(tmp_path, uninterrupted, sig, seed):
-    result, starts = run_with_kills(tmp_path, sig, seed, kills=4, every=5)
-    assert_same(result, uninterrupted)
+    reference, duration = uninterrupted
+    # kill points spread over the training, whatever the machine's speed
+    result, starts, codes = run_with_kills(tmp_path, sig, seed, kills=4, every=5,
+                                           max_delay=0.5 * duration)
+    assert_same(result, reference)
     assert starts[0] == 0
     assert any(t > 0 for t in starts[1:]), starts  # at least one run really resumed
+    if sig == signal.SIGTERM:  # and one stopped through TrainingInterrupted
+        assert 75 in codes, codes
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc")
@@ -456,9 +476,9 @@ def test_a_kill_during_the_write_leaves_the_previous_checkpoint(tmp_path, uninte
     proc.communicate(timeout=30)
     assert ckpt.read_bytes() == previous
     assert (tmp_path / "run.ckpt.partial").exists()   # the half-written one
-    result, starts = run_with_kills(tmp_path, signal.SIGKILL, 0, kills=0, every=7)
+    result, starts, _ = run_with_kills(tmp_path, signal.SIGKILL, 0, kills=0, every=7)
     assert starts == [7]
-    assert_same(result, uninterrupted)
+    assert_same(result, uninterrupted[0])
 
 
 def test_a_crash_in_on_train_end_resumes_to_the_same_end(tmp_path):

@@ -73,12 +73,17 @@ class Position:
 
 
 def check_arguments(net, checkpoint, every):
-    """fit's checkpoint and checkpoint_every, checked (on every rank, agreeing, with comm):
-    (path as str or None, every or None)."""
+    """fit's checkpoint and checkpoint_every, checked (on every rank, agreeing, with comm;
+    the file's folder only where it is written): (path as str or None, every or None)."""
     if net is not None and net._sync is not None:
         from cbn import _distributed
-        return _distributed.agree(net._sync.comm,
-                                  lambda: check_arguments(None, checkpoint, every))[0]
+        writer = net._sync.rank == 0
+        return _distributed.agree(
+            net._sync.comm, lambda: _check_arguments(checkpoint, every, writer))[0]
+    return _check_arguments(checkpoint, every, True)
+
+
+def _check_arguments(checkpoint, every, writer):
     if every is not None:
         if checkpoint is None:
             raise ValueError(f"checkpoint_every: needs a checkpoint file (checkpoint=path), "
@@ -86,7 +91,15 @@ def check_arguments(net, checkpoint, every):
         every = check.check_int("checkpoint_every", every, 1)
     if checkpoint is None:
         return None, None
-    return os.fsdecode(check.check_path(checkpoint, "checkpoint")), every
+    path = os.fsdecode(check.check_path(checkpoint, "checkpoint"))
+    folder = os.path.dirname(os.path.abspath(path))
+    if writer and os.path.isdir(path):
+        raise ValueError(f"checkpoint: expected a file name, got the folder {path!r}")
+    if writer and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        # found now rather than when the first epoch is done
+        raise ValueError(f"checkpoint: the folder {folder!r} of {path!r} does not exist or "
+                         f"is not writable")
+    return path, every
 
 
 class Run:
