@@ -287,25 +287,32 @@ class Run:
 
 
 def open_run(net, path, every, fit_args, data, history, callbacks, shuffle_state,
-             lr_schedule):
+             lr_schedule, rng_state):
     """The Run of a fit with a checkpoint, with any saved state checked (not yet restored).
 
-    `data` is (X as given, X checked, targets, validation). Collective with comm.
+    `data` is (X as given, X checked, targets, validation); `rng_state` is the generator's
+    state before fit's batch plan, put back if the checkpoint is refused (with comm the
+    plan draws its key first). Collective with comm.
     """
     sync = net._sync
-    signature = run_signature(net, fit_args, *data)
-    run = Run(net, path, every, signature, history, callbacks, shuffle_state, lr_schedule)
-    if sync is None:
-        saved = run._read()
+    try:
+        signature = run_signature(net, fit_args, *data)
+        run = Run(net, path, every, signature, history, callbacks, shuffle_state, lr_schedule)
+        if sync is None:
+            saved = run._read()
+            if saved is not None:
+                run._prepare(saved)
+            return run
+        from cbn import _distributed
+        saved, _ = _distributed.agree(sync.comm,
+                                      lambda: run._read() if sync.rank == 0 else None)
+        saved = sync.comm.bcast(saved, root=0)
         if saved is not None:
-            run._prepare(saved)
+            _distributed.agree(sync.comm, lambda: run._prepare(saved))
         return run
-    from cbn import _distributed
-    saved, _ = _distributed.agree(sync.comm, lambda: run._read() if sync.rank == 0 else None)
-    saved = sync.comm.bcast(saved, root=0)
-    if saved is not None:
-        _distributed.agree(sync.comm, lambda: run._prepare(saved))
-    return run
+    except BaseException:
+        net._rng.bit_generator.state = rng_state
+        raise
 
 
 @contextlib.contextmanager

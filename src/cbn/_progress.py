@@ -35,25 +35,29 @@ class Progress:
         self.redraw = verbose == 1 and self.tqdm is None and self.file.isatty()
         self._bar = None
 
-    def begin(self, epoch):
-        self._epoch, self._done, self._loss_sum, self._next_draw = epoch, 0, 0.0, 0.0
+    def begin(self, epoch, done=0):
+        """Called before each epoch; ``done`` steps of it were taken before a resume."""
+        self._epoch, self._done, self._loss_sum, self._next_draw = epoch, done, 0.0, 0.0
+        self._losses = 0   # the running loss averages this call's steps
         if self.tqdm is not None:
-            self._bar = self.tqdm(total=self.steps, desc=f"epoch {epoch}/{self.epochs}",
-                                  unit="step", file=self.file, leave=True, dynamic_ncols=True)
+            self._bar = self.tqdm(total=self.steps, initial=done,
+                                  desc=f"epoch {epoch}/{self.epochs}", unit="step",
+                                  file=self.file, leave=True, dynamic_ncols=True)
 
     def step(self, loss):
         """Called after every batch with its mean loss."""
         self._done += 1
+        self._losses += 1
         self._loss_sum += loss
         if self._bar is not None:
-            self._bar.set_postfix_str(f"loss {self._loss_sum / self._done:.4f}", refresh=False)
+            self._bar.set_postfix_str(f"loss {self._loss_sum / self._losses:.4f}", refresh=False)
             self._bar.update(1)
         elif self.redraw and time.perf_counter() >= self._next_draw:
             self._next_draw = time.perf_counter() + REDRAW_SECONDS
             filled = 20 * self._done // self.steps
             bar = "=" * filled + " " * (20 - filled)
             self.file.write(f"\repoch {self._epoch}/{self.epochs} [{bar}] {self._done}/{self.steps}"
-                            f"  loss {self._loss_sum / self._done:.4f}")
+                            f"  loss {self._loss_sum / self._losses:.4f}")
             self.file.flush()
 
     def end(self, epoch, history):

@@ -548,6 +548,7 @@ class Network:
                                        verbose, lr_schedule, weight_decay, callbacks)
         checkpoint, checkpoint_every = _checkpoint.check_arguments(
             self, checkpoint, checkpoint_every)
+        rng_state = self._rng.bit_generator.state
         plan, n_steps, n_total, shuffle_state = self._batch_plan(X.shape[0], batch_size,
                                                                  shuffle)
         gather = {}  # batches are gathered into buffers made once per batch size
@@ -569,7 +570,8 @@ class Network:
                 weight_decay=weight_decay, lr_schedule=lr_schedule is not None,
                 steps_per_epoch=n_steps, callbacks=[
                     type(c).__name__ if hasattr(c, "state_dict") else None for c in callbacks]),
-            (X_given, X, targets, validation), history, callbacks, shuffle_state, lr_schedule)
+            (X_given, X, targets, validation), history, callbacks, shuffle_state, lr_schedule,
+            rng_state)
         position = _checkpoint.Position() if run is None else run.position
         self.history = history
         if position.finished:  # a finished run's checkpoint: nothing left to do
@@ -597,7 +599,7 @@ class Network:
                         f"lr_schedule({epoch - 1})", lr_schedule(epoch - 1))
                     history["lr"].append(self.optimizer.lr)
                 if progress is not None:
-                    progress.begin(epoch)
+                    progress.begin(epoch, done=position.step)
                 if run is not None:
                     run.epoch_begins()
                 loss_sum, correct = position.loss_sum, position.correct
