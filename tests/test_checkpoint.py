@@ -7,6 +7,7 @@ array, the step count, the generator state and the history (but 'time') must be 
 """
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -180,6 +181,9 @@ def test_sigterm_saves_at_the_step_boundary_and_resumes(tmp_path, when):
     steps = 6  # per epoch: 90 rows in batches of 16
     assert (info.value.epoch, info.value.step) == ((when - 1) // steps + 1, (when - 1) % steps + 1)
     assert info.value.checkpoint == str(path) and str(path) in str(info.value)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (copy.checkpoint, copy.epoch, copy.step, str(copy)) == \
+        (info.value.checkpoint, info.value.epoch, info.value.step, str(info.value))
     resumed = make()
     resumed.fit(X, y, checkpoint=path, **fit_kwargs())
     assert_same(state(resumed), state(reference))

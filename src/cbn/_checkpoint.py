@@ -58,6 +58,9 @@ class TrainingInterrupted(KeyboardInterrupt):
             f"checkpoint={checkpoint!r} to resume")
         self.checkpoint, self.epoch, self.step = checkpoint, epoch, step
 
+    def __reduce__(self):  # pickles (e.g. to a parent process) with its attributes
+        return type(self), (self.checkpoint, self.epoch, self.step)
+
 
 class Position:
     """Where a fit stands: `epoch` epochs done and `step` steps of the next one taken.
