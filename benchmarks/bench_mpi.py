@@ -169,7 +169,8 @@ def main():
     for name in CONFIGS:
         b, c = two[name], one_1t[name]
         comm_model = predict(0.0, b["n_params"], b["bn_widths"], 2, alpha, bandwidth)
-        print(f"  {name:8} compute {c['step'] / 2 * 1e3:8.2f} vs {(b['step'] - b['comm']) * 1e3:8.2f} ms,"
+        computed = b["step"] - b["comm"]
+        print(f"  {name:8} compute {c['step'] / 2 * 1e3:8.2f} vs {computed * 1e3:8.2f} ms,"
               f" communication {comm_model * 1e3:6.2f} vs {b['comm'] * 1e3:6.2f} ms, step "
               f"{(c['step'] / 2 + comm_model) * 1e3:8.2f} vs {b['step'] * 1e3:8.2f} ms")
     print("\npredicted on a 10 GB/s network, alpha 2 us (compute per rank = 1-thread step / P):")
