@@ -506,3 +506,25 @@ def test_a_crash_in_on_train_end_resumes_to_the_same_end(tmp_path):
     resumed.fit(X, y, checkpoint=tmp_path / "c",
                 **dict(kwargs, callbacks=kwargs["callbacks"] + [lambda *a: False]))
     assert_same(state(resumed), state(reference))
+
+
+def test_sigterm_during_the_final_write_is_delivered_after_it(tmp_path, monkeypatch):
+    from cbn import _checkpoint
+    X, y = data()
+    real_write, received = _checkpoint._write, []
+
+    def write(path, contents, tensors):
+        if contents["state"]["finished"]:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the final write runs
+        real_write(path, contents, tensors)
+    monkeypatch.setattr(_checkpoint, "_write", write)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        net = make()
+        net.fit(X, y, checkpoint=tmp_path / "c", **fit_kwargs())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert received == [signal.SIGTERM]         # delivered to the handler in place before fit
+    again = make()
+    again.fit(X, y, checkpoint=tmp_path / "c", **fit_kwargs())   # the file is complete
+    assert_same(state(again), state(net))

@@ -214,3 +214,34 @@ def test_demo_still_runs(capsys):
     pytest.importorskip("sklearn")
     code, out, _ = run(capsys, "demo", "--epochs", 1)
     assert code == 0 and out.count("held-out accuracy") == 2
+
+
+def test_train_with_a_checkpoint_stops_on_sigterm_and_resumes(files, capsys, monkeypatch):
+    """--checkpoint: SIGTERM saves and exits with 75; the same command then finishes the run
+    with the model an uninterrupted run writes."""
+    import signal
+    argv = ("train", files / "flowers.csv", "--target", "species", "--epochs", 4,
+            "--verbose", 0, "--patience", 3)
+    code, _, err = run(capsys, *argv, "--out", files / "plain.safetensors")
+    assert code == 0, err
+    original = cbn.Network._step
+
+    def step(net, Xb, tb):
+        if net.optimizer.t + 1 == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(net, Xb, tb)
+    monkeypatch.setattr(cbn.Network, "_step", step)
+    resumable = (*argv, "--out", files / "m.safetensors", "--checkpoint", files / "run.ckpt",
+                 "--checkpoint-every", 3)
+    code, _, err = run(capsys, *resumable)
+    assert code == 75 and "SIGTERM" in err and "run.ckpt" in err
+    assert not (files / "m.safetensors").exists()
+    monkeypatch.undo()
+    code, _, err = run(capsys, *resumable)
+    assert code == 0, err
+    resumed, plain = (cbn.Network.load(files / name) for name in ("m.safetensors",
+                                                                   "plain.safetensors"))
+    for key, value in plain.parameters().items():
+        assert np.array_equal(resumed.parameters()[key], value), key
+    assert np.array_equal(resumed._running, plain._running)
+    assert resumed.optimizer.t == plain.optimizer.t

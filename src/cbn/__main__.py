@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from cbn import Adam, EarlyStopping, Network, _model_file
+from cbn import Adam, EarlyStopping, Network, TrainingInterrupted, _model_file
 from cbn._datasets import load_digits_split
 from cbn.optimizers import OPTIMIZERS
 from cbn.plotting import figure_class
@@ -192,7 +192,8 @@ def train(args):
     start = time.perf_counter()
     history = net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size,
                       validation_data=(X_val, y_val) if has_validation else None,
-                      verbose=args.verbose, weight_decay=args.weight_decay, callbacks=callbacks)
+                      verbose=args.verbose, weight_decay=args.weight_decay, callbacks=callbacks,
+                      checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     seconds = time.perf_counter() - start
     summary = {key: values[-1] for key, values in history.items() if key != "time"}
     if callbacks and callbacks[0].best_epoch != history.epochs:
@@ -440,6 +441,11 @@ def build_parser():
                         "trains on its contiguous share of the rows; DATA may be an X.npy "
                         "file (memory-mapped) with --target y.npy")
     p.add_argument("--plot", metavar="PNG", help="also save the learning curves (matplotlib)")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="keep the training state in FILE and resume from it when the same "
+                        "command runs again; on SIGTERM, save and exit with status 75")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                   help="also write the checkpoint every STEPS optimizer steps")
     p.set_defaults(run=train)
 
     p = commands.add_parser("predict", help="predict every row of a data file")
@@ -480,6 +486,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
+    except TrainingInterrupted as exc:  # SIGTERM with --checkpoint: the state is saved
+        print(f"cbn: {exc}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL: run the same command again to resume
     except KeyboardInterrupt:
         print("cbn: interrupted", file=sys.stderr)
         return 130

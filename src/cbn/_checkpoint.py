@@ -156,9 +156,16 @@ class Run:
             raise TrainingInterrupted(self.path, position.epoch, self.steps_per_epoch)
 
     def finish(self, position):
-        """After on_train_end: the final write, so a fit called again returns at once."""
+        """After on_train_end: the final write, so a fit called again returns at once.
+
+        A SIGTERM during the write is delivered once the file is complete.
+        """
         position.finished = True
-        self._save(position)
+        self.stop_requested = False
+        with sigterm_held(self):
+            self._save(position)
+        if self.stop_requested:
+            signal.raise_signal(signal.SIGTERM)
 
     def _stop_agreed(self):
         if self.sync is None:
