@@ -18,11 +18,11 @@ with open("flowers.csv", "w", newline="") as f:
     writer.writerows([*np.round(x, 4), s] for x, s in zip(X, label))
 PY
 
-cbn train flowers.csv --target species --hidden 32,16 --epochs 15 --verbose 2 --out flowers.npz
-cbn info flowers.npz
-cbn evaluate flowers.npz flowers.csv
-cbn predict flowers.npz flowers.csv --out predictions.csv
+cbn train flowers.csv --target species --hidden 32,16 --epochs 15 --verbose 2 --out flowers.safetensors
+cbn info flowers.safetensors
+cbn evaluate flowers.safetensors flowers.csv
+cbn predict flowers.safetensors flowers.csv --out predictions.csv
 head -4 predictions.csv
 # a bad file is one line on stderr (shown here on stdout) and exit status 1
-cbn predict flowers.npz predictions.csv 2>&1 || echo "exit status $?"
+cbn predict flowers.safetensors predictions.csv 2>&1 || echo "exit status $?"
 echo "files are in $work"

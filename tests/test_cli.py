@@ -33,9 +33,9 @@ def run(capsys, *argv):
 
 def trained(files, capsys, *extra):
     code, out, err = run(capsys, "train", files / "flowers.csv", "--target", "species",
-                         "--epochs", 8, "--verbose", 0, "--out", files / "m.npz", *extra)
+                         "--epochs", 8, "--verbose", 0, "--out", files / "m.safetensors", *extra)
     assert code == 0, err
-    return files / "m.npz", out
+    return files / "m.safetensors", out
 
 
 def test_train_saves_a_model_with_its_columns_and_labels(files, capsys):
@@ -53,13 +53,37 @@ def test_train_options(files, capsys):
     code, out, err = run(capsys, "train", files / "flowers.csv", "--target", "species",
                          "--hidden", "16", "--no-batchnorm", "--optimizer", "sgd", "--lr", "0.05",
                          "--epochs", 3, "--batch-size", 16, "--verbose", 2, "--dtype", "float64",
-                         "--out", files / "sgd.npz")
+                         "--out", files / "sgd.safetensors")
     assert code == 0, err
     assert [line.split("  ")[0] for line in out.splitlines() if line.startswith("epoch")] == \
         ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
-    net = cbn.Network.load(files / "sgd.npz")
+    net = cbn.Network.load(files / "sgd.safetensors")
     assert net.layer_sizes == (3, 16, 3) and not net.batchnorm
     assert repr(net.optimizer) == "SGD(lr=0.05)" and net.optimizer.t == 3 * 10
+
+
+def test_train_writes_model_safetensors_by_default(files, capsys, monkeypatch):
+    monkeypatch.chdir(files)
+    code, out, err = run(capsys, "train", "flowers.csv", "--target", "species", "--epochs", 1,
+                         "--verbose", 0)
+    assert code == 0, err
+    assert "saved model.safetensors" in out
+    assert cbn.Network.load(files / "model.safetensors").metadata["target"] == "species"
+
+
+def test_models_of_format_1_still_work(files, capsys):
+    """A model that cbn 0.1 saved as .npz (tests/data) is still read by every command."""
+    model = os.path.join(os.path.dirname(__file__), "data", "format1_float32_adam.npz")
+    code, out, err = run(capsys, "info", model)
+    assert code == 0, err
+    assert "Network([4, 5, 3], activation='leaky_relu'" in out and "steps taken: 10" in out
+    rows = np.random.default_rng(0).standard_normal((5, 4))
+    with open(files / "rows.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["a", "b", "c", "d"], *rows.tolist()])
+    code, out, err = run(capsys, "predict", model, files / "rows.csv")
+    assert code == 0, err
+    expected = cbn.Network.load(model).predict(rows)
+    assert out.split() == ["prediction", *map(str, expected)]
 
 
 def test_train_with_early_stopping_and_plot(files, capsys):
@@ -99,12 +123,12 @@ def test_evaluate_and_info(files, capsys):
 
 def test_regression_on_npz(files, capsys):
     code, out, err = run(capsys, "train", files / "reg.npz", "--epochs", 30, "--verbose", 0,
-                         "--lr", 0.01, "--out", files / "r.npz")
+                         "--lr", 0.01, "--out", files / "r.safetensors")
     assert code == 0, err
     assert "regression" in out
-    code, out, _ = run(capsys, "evaluate", files / "r.npz", files / "reg.npz")
+    code, out, _ = run(capsys, "evaluate", files / "r.safetensors", files / "reg.npz")
     assert code == 0 and float(out.split("loss ")[1]) < 0.5  # the target's variance is 5
-    code, out, _ = run(capsys, "predict", files / "r.npz", files / "reg.npz")
+    code, out, _ = run(capsys, "predict", files / "r.safetensors", files / "reg.npz")
     values = np.array(out.splitlines()[1:], dtype=float)
     assert out.splitlines()[0] == "y" and values.shape == (200,)
 
@@ -112,9 +136,9 @@ def test_regression_on_npz(files, capsys):
 def test_train_on_digits_without_data(tmp_path, capsys):
     pytest.importorskip("sklearn")
     code, out, err = run(capsys, "train", "--epochs", 1, "--verbose", 0,
-                         "--out", tmp_path / "d.npz")
+                         "--out", tmp_path / "d.safetensors")
     assert code == 0, err
-    assert "digits" in out and cbn.Network.load(tmp_path / "d.npz").layer_sizes[0] == 64
+    assert "digits" in out and cbn.Network.load(tmp_path / "d.safetensors").layer_sizes[0] == 64
 
 
 def bad_files(files):
@@ -127,6 +151,9 @@ def bad_files(files):
     np.savez(files / "wide.npz", X=np.ones((4, 5)), y=np.ones(4))
     np.savez(files / "short_y.npz", X=np.ones((4, 3)), y=np.ones(3))
     (files / "fake.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    model = (files / "m.safetensors").read_bytes()
+    (files / "cut.safetensors").write_bytes(model[:len(model) // 2])
+    (files / "flipped.safetensors").write_bytes(model[:-1] + bytes([model[-1] ^ 1]))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -144,11 +171,13 @@ def bad_files(files):
     (["train", "{f}/flowers.csv", "--target", "species", "--task", "regress"], "numbers"),
     (["train", "{f}/flowers.csv", "--target", "species", "--epochs", "0"], "epochs"),
     (["train", "{f}/flowers.csv", "--target", "species", "--lr", "-1"], "lr"),
-    (["predict", "{f}/m.npz", "{f}/wide.npz"], "expects 3 features"),
-    (["predict", "{f}/m.npz", "{f}/words.csv"], "missing column(s) petal, sepal, stem"),
+    (["predict", "{f}/m.safetensors", "{f}/wide.npz"], "expects 3 features"),
+    (["predict", "{f}/m.safetensors", "{f}/words.csv"], "missing column(s) petal, sepal, stem"),
     (["predict", "{f}/flowers.csv", "{f}/flowers.csv"], "not a cbn model file"),
     (["predict", "{f}/fake.npz", "{f}/flowers.csv"], "not a readable cbn model file"),
-    (["evaluate", "{f}/m.npz", "{f}/flowers.csv", "--target", "petal"], "not seen in training"),
+    (["predict", "{f}/cut.safetensors", "{f}/flowers.csv"], "not a readable cbn model file"),
+    (["info", "{f}/flipped.safetensors"], "checksum mismatch"),
+    (["evaluate", "{f}/m.safetensors", "{f}/flowers.csv", "--target", "petal"], "not seen in training"),
     (["info", "{f}/nothing.npz"], "no such file"),
     (["info", "{f}/reg.npz"], "no cbn configuration"),
 ])
@@ -177,8 +206,8 @@ def test_plot_without_matplotlib_fails_before_training(files, capsys, monkeypatc
 
     monkeypatch.setattr("cbn.__main__.figure_class", missing)
     code, _, err = run(capsys, "train", files / "flowers.csv", "--target", "species",
-                       "--plot", files / "c.png", "--out", files / "never.npz")
-    assert code == 1 and "matplotlib" in err and not (files / "never.npz").exists()
+                       "--plot", files / "c.png", "--out", files / "never.safetensors")
+    assert code == 1 and "matplotlib" in err and not (files / "never.safetensors").exists()
 
 
 def test_demo_still_runs(capsys):

@@ -210,14 +210,14 @@ def test_network_choices(name, value):
 
 
 # ----------------------------------------------------------------------------- load
-# np.load and the checks after it are Python: fuzzing runs in this process.
+# The reader and the checks after it are Python: fuzzing runs in this process.
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     net = cbn.Network([3, 4, 2], seed=0)
     rng = np.random.default_rng(0)
     net.fit(rng.standard_normal((8, 3)), np.arange(8) % 2, epochs=2, batch_size=4)
-    path = tmp_path_factory.mktemp("model") / "net.npz"
+    path = tmp_path_factory.mktemp("model") / "net.safetensors"
     net.save(path)
     return net, path.read_bytes()
 
@@ -225,8 +225,8 @@ def saved_model(tmp_path_factory):
 @cases(300)
 @given(data=st.data())
 def test_load_mutated_files(saved_model, tmp_path_factory, data):
-    """Truncated, overwritten, extended or bit-flipped files: a clean ValueError, or (if only
-    zip metadata was hit) exactly the saved network."""
+    """Truncated, overwritten, extended or bit-flipped files: a clean ValueError, or (if the
+    bytes written were the same as before) exactly the saved network."""
     net, blob = saved_model
     blob = bytearray(blob)
     kind = data.draw(st.sampled_from(["truncate", "flip", "overwrite", "append", "empty"]))
@@ -243,7 +243,7 @@ def test_load_mutated_files(saved_model, tmp_path_factory, data):
         blob += data.draw(st.binary(min_size=1, max_size=64))
     else:
         blob = b""
-    path = tmp_path_factory.mktemp("mutated") / "net.npz"
+    path = tmp_path_factory.mktemp("mutated") / "net.safetensors"
     path.write_bytes(bytes(blob))
     try:
         loaded = cbn.Network.load(path)

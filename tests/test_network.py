@@ -184,7 +184,7 @@ def test_save_load_round_trip_and_resume(tmp_path, optimizer):
     X, y = rng.standard_normal((50, 5)), rng.integers(0, 3, 50)
     net = cbn.Network([5, 12, 7, 3], optimizer=optimizer, seed=2, dtype="float64")
     net.fit(X, y, epochs=2, batch_size=8)
-    path = tmp_path / "model.npz"
+    path = tmp_path / "model.safetensors"
     net.save(path)
     loaded = cbn.Network.load(path)
     assert repr(loaded) == repr(net)
@@ -199,19 +199,18 @@ def test_save_load_round_trip_and_resume(tmp_path, optimizer):
 
 def test_save_replaces_existing_file_and_load_refuses_tampering(tmp_path):
     net = cbn.Network([3, 4, 2], seed=0)
-    path = tmp_path / "m.npz"
+    path = tmp_path / "m.safetensors"
     path.write_bytes(b"old")
     net.save(path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]  # no temporary left behind
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files}
-    arrays["params"] = arrays["params"] + 1
-    np.savez(tmp_path / "edited.npz", **arrays)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no temporary left
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 1  # the last byte of the last tensor
+    (tmp_path / "edited.safetensors").write_bytes(bytes(blob))
     with pytest.raises(ValueError, match="checksum mismatch"):
-        cbn.Network.load(tmp_path / "edited.npz")
-    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+        cbn.Network.load(tmp_path / "edited.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model file")
     with pytest.raises(ValueError, match="not a readable cbn model file"):
-        cbn.Network.load(tmp_path / "junk.npz")
+        cbn.Network.load(tmp_path / "junk.safetensors")
 
 
 def test_layers_expose_live_views():

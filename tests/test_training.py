@@ -228,5 +228,5 @@ def test_pickle_and_deepcopy_keep_the_whole_state(rng, tmp_path):
         assert other.train_step(X, y) == net.train_step(X, y)
         np.testing.assert_array_equal(other.parameters()["1.W"], net.parameters()["1.W"])
         assert other.layers[0].W.base is not net.layers[0].W.base
-    net.save(tmp_path / "m.npz")
-    assert cbn.Network.load(tmp_path / "m.npz").metadata == net.metadata
+    net.save(tmp_path / "m.safetensors")
+    assert cbn.Network.load(tmp_path / "m.safetensors").metadata == net.metadata

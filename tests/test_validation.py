@@ -122,7 +122,7 @@ def test_predict_errors(net):
 
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
-        cbn.Network.load(tmp_path / "missing.npz")
+        cbn.Network.load(tmp_path / "missing.safetensors")
     np.savez(tmp_path / "other.npz", weights=np.ones(3))
     with pytest.raises(ValueError, match="no cbn configuration"):
         cbn.Network.load(tmp_path / "other.npz")

@@ -1,4 +1,4 @@
-"""Command line: ``cbn`` (or ``python -m cbn``) train, predict, evaluate, info and demo.
+"""Command line: ``cbn`` (or ``python -m cbn``) train, predict, evaluate, info, export and demo.
 
 Data files are CSV (a header row of column names, numbers in every feature column; the
 target column may hold any labels) or NPZ (an array ``X`` of shape (n_samples, n_features)
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from cbn import Adam, EarlyStopping, Network
+from cbn import Adam, EarlyStopping, Network, _model_file
 from cbn._datasets import load_digits_split
 from cbn.optimizers import OPTIMIZERS
 from cbn.plotting import figure_class
@@ -208,9 +208,9 @@ def _load_model(path):
     if not os.path.isfile(path):
         raise CommandError(f"{path}: no such file")
     with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
-            raise CommandError(f"{path}: not a cbn model file (expected an .npz archive "
-                               f"written by cbn train or Network.save)")
+        if _model_file.file_format(f.read(9)) is None:
+            raise CommandError(f"{path}: not a cbn model file (expected a .safetensors file "
+                               f"written by cbn train or Network.save, or an older .npz one)")
     return Network.load(path)  # a ValueError names the file and what is wrong with it
 
 
@@ -296,6 +296,21 @@ def info(args):
     return 0
 
 
+def export(args):
+    """Write the model's inference graph as an ONNX file."""
+    net = _load_model(args.model)
+    net.to_onnx(args.out, fold_batchnorm=not args.no_fold)
+    if not net.batchnorm:
+        bn = "no batch norm"
+    elif args.no_fold:
+        bn = "batch norm as BatchNormalization nodes"
+    else:
+        bn = "batch norm folded into the Gemm weights"
+    print(f"wrote {args.out}: ONNX opset 13, input X (N, {net.layer_sizes[0]}), output Y "
+          f"(N, {net.layer_sizes[-1]}) in {np.dtype(net.dtype).name}, {bn}")
+    return 0
+
+
 def demo(args):
     """Train on the digits data with batch norm and without; report accuracy and time."""
     X_train, y_train, X_test, y_test = load_digits_split(seed=args.seed)
@@ -366,7 +381,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
                    help="1: a progress bar per epoch (default), 2: a line per epoch")
-    p.add_argument("--out", default="model.npz", help="model file to write (default model.npz)")
+    p.add_argument("--out", default="model.safetensors",
+                   help="model file to write (default model.safetensors)")
     p.add_argument("--plot", metavar="PNG", help="also save the learning curves (matplotlib)")
     p.set_defaults(run=train)
 
@@ -385,6 +401,14 @@ def build_parser():
     p = commands.add_parser("info", help="describe a saved model")
     p.add_argument("model")
     p.set_defaults(run=info)
+
+    p = commands.add_parser("export", help="write a model as an ONNX file (needs cbn[onnx])")
+    p.add_argument("model")
+    p.add_argument("out", help="the .onnx file to write")
+    p.add_argument("--no-fold", action="store_true",
+                   help="keep batch norm as BatchNormalization nodes instead of folding it "
+                        "into the Gemm weights")
+    p.set_defaults(run=export)
 
     p = commands.add_parser("demo", help="train on the digits data with and without batch norm")
     p.add_argument("--epochs", type=int, default=20)

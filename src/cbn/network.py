@@ -5,24 +5,17 @@ so an optimizer step is one kernel call; each layer's W, b, gamma, beta are view
 Per batch size, the work buffers of a training step are allocated once and reused.
 """
 import contextlib
-import hashlib
-import io
-import json
 import math
-import os
 import signal
-import tempfile
 import threading
 import time
 
 import numpy as np
 
-from cbn import _kernels, _predict, _progress
+from cbn import _kernels, _model_file, _predict, _progress
 from cbn import _validation as check
-from cbn.optimizers import OPTIMIZERS, make_optimizer
+from cbn.optimizers import make_optimizer
 
-FORMAT_NAME = "cbn.Network"
-FORMAT_VERSION = 1
 # Larger gradients would overflow the squared-gradient averages of RMSprop and Adam.
 _GRADIENT_LIMIT = {t: math.sqrt(np.finfo(t).max) for t in (np.float32, np.float64)}
 # Work buffers are kept for this many batch sizes (typically the batch and the last, odd one).
@@ -655,8 +648,6 @@ class Network:
 
     def _config(self):
         return {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
             "layer_sizes": list(self.layer_sizes),
             "activation": self.activation,
             "output": self.output,
@@ -680,108 +671,57 @@ class Network:
     def save(self, path):
         """Save weights, batch-norm statistics, optimizer state and hyper-parameters.
 
-        The file is a NumPy ``.npz`` archive without pickled objects, with a format version
-        and a checksum of its configuration and arrays. It is written to a temporary file in
-        the same folder and renamed over ``path``, so a failed save leaves any previous file
-        intact.
+        The file is safetensors (format 2, whatever the file name): the tensors under their
+        :meth:`parameters` names, the running statistics and the optimizer state, with the
+        configuration, the format version and a SHA-256 checksum in its metadata; the
+        ``safetensors`` package and the C library (``cbn_model.h``) read it. It is written to
+        a temporary file in the same folder and renamed over ``path``, so a failed save
+        leaves any previous file intact.
         """
-        path = check.check_path(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".cbn-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                self._write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-    def _write(self, f):
-        """Write the save format to the binary file object f."""
-        arrays = self._arrays()
-        config = self._config()
-        config["checksum"] = _checksum(config, arrays)
-        np.savez(f, config=np.array(json.dumps(config)), **arrays)
+        _model_file.save_network(self, path)
 
     def __reduce__(self):
         # the flat buffers and their views must be rebuilt together, so copies go through
-        # the save format (arrays and JSON only) rather than the instance __dict__
-        f = io.BytesIO()
-        self._write(f)
-        return _network_from_bytes, (f.getvalue(),)
+        # the save format (tensors and JSON only) rather than the instance __dict__
+        return _network_from_bytes, (_model_file.network_to_bytes(self),)
 
     @classmethod
     def load(cls, path):
         """Load a network saved by :meth:`save`; never unpickles anything.
 
-        Raises ValueError if the file is not a cbn network, is damaged, was edited, or was
-        written by an unknown format version.
+        Reads format 2 (safetensors) and the ``.npz`` files of format 1, told apart by their
+        content. Raises ValueError naming the path if the file is not a cbn network, is
+        truncated, damaged or edited, or was written by an unknown format version.
         """
-        path = check.check_path(path)
-        try:  # the file is opened here, so it is closed even when np.load fails on it
-            with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
-                contents = {name: data[name] for name in data.files}
-        except FileNotFoundError:
-            raise
-        except Exception as exc:  # zip, zlib, header and pickle-refusal errors all mean "damaged"
-            raise ValueError(f"path: {os.fspath(path)!r} is not a readable cbn model file ({exc})") from None
-        try:
-            return cls._from_contents(contents)
-        except ValueError as exc:
-            raise ValueError(f"path: {os.fspath(path)!r}: {exc}") from None
-        except (KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
-            raise ValueError(f"path: {os.fspath(path)!r} is not a valid cbn model file "
-                             f"({type(exc).__name__}: {exc})") from None
+        return _model_file.load_network(cls, path)
 
-    @classmethod
-    def _from_contents(cls, contents):
-        if "config" not in contents or contents["config"].dtype.kind != "U":
-            raise ValueError("no cbn configuration in the file")
-        config = json.loads(str(contents.pop("config")))
-        if config.get("format") != FORMAT_NAME:
-            raise ValueError(f"expected a {FORMAT_NAME} file, got format {config.get('format')!r}")
-        if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"expected format version {FORMAT_VERSION}, "
-                             f"got {config.get('format_version')!r}")
-        if config.pop("checksum", None) != _checksum(config, contents):
-            raise ValueError("checksum mismatch: the file was damaged or edited")
-        # a forged configuration must not make the constructor allocate more than the file holds
-        sizes = check.check_layer_sizes(config["layer_sizes"])
-        weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-        if "params" not in contents or weights > contents["params"].size:
-            raise ValueError(f"layer_sizes {list(sizes)} need more parameters than the file holds")
-        opt = config["optimizer"]
-        if opt["name"] not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {opt['name']!r}")
-        net = cls(config["layer_sizes"], activation=config["activation"],
-                  output=config["output"], batchnorm=config["batchnorm"],
-                  optimizer=OPTIMIZERS[opt["name"]](**opt["config"]), dtype=config["dtype"],
-                  bn_momentum=config["bn_momentum"], bn_eps=config["bn_eps"],
-                  negative_slope=config["negative_slope"], seed=config["seed"])
-        expected = net._arrays()
-        if set(contents) != set(expected):
-            raise ValueError(f"expected arrays {sorted(expected)}, got {sorted(contents)}")
-        for name, target in expected.items():
-            source = contents[name]
-            if source.shape != target.shape or source.dtype != target.dtype:
-                raise ValueError(f"array {name!r}: expected {target.dtype} of shape "
-                                 f"{target.shape}, got {source.dtype} of shape {source.shape}")
-            if not np.isfinite(source).all():
-                raise ValueError(f"array {name!r} holds NaN or infinity")
-            target[...] = source
-        net.optimizer.t = check.check_int("optimizer step count", opt["t"], 0)
-        net._rng.bit_generator.state = config["rng_state"]
-        net.metadata = config.get("metadata", {})
-        return net
+    def to_onnx(self, path, *, fold_batchnorm=True):
+        """Export the inference graph as an ONNX model (opset 13, IR version 7).
+
+        Needs the ``onnx`` package (``pip install 'cbn[onnx]'``). The graph's input "X" has
+        shape (N, n_features), its output "Y" shape (N, n_out) in the network's dtype: what
+        :meth:`predict_proba` returns (:meth:`predict` for linear outputs).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (atomically, like :meth:`save`).
+        fold_batchnorm : bool, default=True
+            Fold batch norm into each layer's Gemm (computed in float64, rounded once), or
+            keep it as a BatchNormalization node holding gamma, beta and the running statistics.
+
+        Returns
+        -------
+        onnx.ModelProto
+            The model written.
+        """
+        from cbn._onnx import to_onnx
+        return to_onnx(self, path, fold_batchnorm=fold_batchnorm)
 
 
 def _network_from_bytes(data):
-    """Unpickle a Network from the bytes of its save format."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as contents:
-        return Network._from_contents({name: contents[name] for name in contents.files})
+    """Unpickle a Network from the bytes of its save format (format 2, or 1 in old pickles)."""
+    return _model_file.network_from_bytes(Network, data)
 
 
 @contextlib.contextmanager
@@ -802,13 +742,3 @@ def _interrupts_between_steps():
     finally:
         signal.signal(signal.SIGINT, previous)
 
-
-def _checksum(config, arrays):
-    """SHA-256 over the configuration and the names, dtypes, shapes and bytes of the arrays."""
-    # the JSON text round-trips exactly (key order included), unlike sorting mixed-type keys
-    digest = hashlib.sha256(json.dumps(config).encode())
-    for name in sorted(arrays):
-        arr = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()

@@ -1,0 +1,504 @@
+"""The model file: safetensors, written and read in pure Python (DESIGN.md §9).
+
+Two layers live here:
+
+* A generic safetensors layer, for any tensors and string metadata: :func:`write` (to a
+  binary file object), :func:`read` (bytes -> tensors and metadata, every length, offset,
+  dtype and shape checked) and :func:`atomic_save` (temporary file, fsync, rename). Both
+  :func:`write` and :func:`read` handle the SHA-256 checksum described below.
+* The cbn layer: a :class:`~cbn.Network` as tensors and metadata (format 2), and the reader
+  of the format-1 ``.npz`` archives older versions wrote (detected by content). Files that
+  hold a network and more (checkpoints) reuse it: ``write(f, {**network_tensors(net),
+  **extra}, {**network_metadata(net), **more})``, then :func:`read` and
+  :func:`network_from_contents` on the network's part.
+
+Format 2, exactly (the C loader ``cbn_model.c`` reads the same files)::
+
+    u64 header_len (little-endian) | header_len bytes of UTF-8 JSON, padded with spaces so
+    that 8 + header_len is a multiple of 8 | the tensors' bytes (little-endian, C order)
+
+The JSON holds ``"__metadata__"`` first (a string -> string map), then one entry
+``{"dtype": "F32"|"F64", "shape": [...], "data_offsets": [begin, end]}`` per tensor: the
+parameters in ``parameters()`` order ("0.W", "0.gamma", "0.beta" or "0.b", ..., "L.W",
+"L.b"), then "l.running_mean", "l.running_var" per batch-norm layer l, then
+"optimizer.<state>.<parameter name>" per optimizer state and parameter. Offsets count from
+the start of the data section; the tensors follow each other in that order, without gaps,
+the last one ending at the end of the file. The metadata holds "format" ("cbn.Network"),
+"format_version" ("2"), "dtype", "layer_sizes" ("784,512,10"), "activation", "output",
+"batchnorm" ("true"/"false"), "bn_eps" and "negative_slope" (``float.hex``), "config" (the
+full configuration as JSON text: optimizer, rng state, user metadata, ...) and "checksum":
+64 lowercase hex digits, the SHA-256 of the whole file with those 64 digits replaced by
+64 ASCII '0's.
+"""
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import struct
+import tempfile
+
+import numpy as np
+
+from cbn import _validation as check
+from cbn.optimizers import OPTIMIZERS
+
+FORMAT_NAME = "cbn.Network"
+FORMAT_VERSION = 2
+# safetensors' own limit; a cbn header is a few kilobytes plus the user's metadata
+MAX_HEADER_SIZE = 100_000_000
+CHECKSUM_KEY = "checksum"
+_PLACEHOLDER = b"0" * 64
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+_NPZ_MAGIC = b"PK\x03\x04"  # every format-1 file is a zip archive
+# safetensors dtype codes -> NumPy (little-endian); BF16 and the float8 codes have no NumPy dtype
+DTYPES = {"BOOL": np.dtype("|b1"), "U8": np.dtype("|u1"), "I8": np.dtype("|i1"),
+          "U16": np.dtype("<u2"), "I16": np.dtype("<i2"), "U32": np.dtype("<u4"),
+          "I32": np.dtype("<i4"), "U64": np.dtype("<u8"), "I64": np.dtype("<i8"),
+          "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+_CODES = {dtype: code for code, dtype in DTYPES.items()}
+# the metadata keys format 2 repeats from the configuration, for readers without a JSON parser
+FLAT_KEYS = ("dtype", "layer_sizes", "activation", "output", "batchnorm", "bn_eps",
+             "negative_slope")
+
+
+# ================================================================== generic safetensors
+
+def write(f, tensors, metadata=None, *, checksum=True):
+    """Write tensors and string metadata to the binary file object ``f`` as safetensors.
+
+    Parameters
+    ----------
+    f : binary file object
+        Written sequentially (no seek), so a pipe or ``io.BytesIO`` works.
+    tensors : dict of str to ndarray
+        Stored in this order, each in C order and little-endian, one after the other.
+    metadata : dict of str to str, optional
+        Stored as ``"__metadata__"``, the first key of the header.
+    checksum : bool, default=True
+        Add ``metadata["checksum"]``: the SHA-256 of the whole file in which its 64 hex
+        digits are replaced by 64 ASCII '0's (:func:`read` verifies it).
+    """
+    metadata = dict(metadata or {})
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"metadata: expected str keys and values, got {key!r}: {value!r}")
+    if checksum:
+        if CHECKSUM_KEY in metadata:
+            raise ValueError(f"metadata: {CHECKSUM_KEY!r} is written by write() itself")
+        metadata[CHECKSUM_KEY] = _PLACEHOLDER.decode()
+    header = {"__metadata__": metadata} if metadata else {}
+    arrays, offset = [], 0
+    for name, array in tensors.items():
+        if not isinstance(name, str) or name == "__metadata__":
+            raise ValueError(f"tensors: invalid tensor name {name!r}")
+        array = np.asarray(array)
+        little = array.dtype.newbyteorder("<")
+        if little not in _CODES:
+            raise TypeError(f"tensors: {name!r} has dtype {array.dtype}, which safetensors "
+                            f"cannot store (expected one of {sorted(_CODES.values())})")
+        array = np.asarray(array, little, order="C")  # (ascontiguousarray makes 0-d 1-d)
+        header[name] = {"dtype": _CODES[little], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+        arrays.append(array.reshape(-1).view(np.uint8))
+    # ASCII JSON (non-ASCII escaped), padded with spaces so the tensors start 8-byte aligned
+    text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    text += b" " * (-(8 + len(text)) % 8)
+    prefix = struct.pack("<Q", len(text))
+    if checksum:
+        digest = hashlib.sha256(prefix + text)
+        for array in arrays:
+            digest.update(array)
+        # JSON escapes every quote inside strings, so this key-value pair occurs once
+        at = text.index(b'"checksum":"' + _PLACEHOLDER + b'"') + len(b'"checksum":"')
+        text = text[:at] + digest.hexdigest().encode() + text[at + 64:]
+    f.write(prefix)
+    f.write(text)
+    for array in arrays:
+        f.write(array)
+
+
+def read(data, *, checksum=True):
+    """Parse safetensors bytes, checking everything before anything is trusted.
+
+    Parameters
+    ----------
+    data : bytes-like
+        The whole file.
+    checksum : bool, default=True
+        Require and verify ``__metadata__["checksum"]`` (see :func:`write`) and leave it out
+        of the metadata returned.
+
+    Returns
+    -------
+    tensors : dict of str to ndarray
+        Read-only views of ``data`` (copy them to keep or change them), in the order of their
+        bytes in the file; dtypes little-endian.
+    metadata : dict of str to str
+
+    Raises ValueError on a header length below 2, above 100 MB or beyond the data; a header
+    that is not one JSON object starting with '{'; duplicate keys; metadata that is not a
+    string -> string map; an unknown dtype; a shape or offsets that disagree; gaps or
+    overlaps between tensors, or data not ending at the end of ``data``; a missing or wrong
+    checksum.
+    """
+    size = len(data)
+    if size < 8:
+        raise ValueError(f"{size} bytes is too short for a safetensors file (8 bytes of "
+                         f"header length first)")
+    (header_len,) = struct.unpack_from("<Q", data, 0)
+    if not 2 <= header_len <= MAX_HEADER_SIZE:
+        raise ValueError(f"header length {header_len} is outside [2, {MAX_HEADER_SIZE}]")
+    if 8 + header_len > size:
+        raise ValueError(f"header length {header_len} runs past the end of the file "
+                         f"({size} bytes)")
+    raw = bytes(data[8:8 + header_len])
+    if raw[:1] != b"{":
+        raise ValueError("the header does not start with '{'")
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys,
+                            parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("the header nests too deeply") from None
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+        raise ValueError(f"the header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError("__metadata__ is not a map of strings to strings")
+    data_start, data_size = 8 + header_len, size - 8 - header_len
+    entries = sorted((_tensor_entry(name, info, data_size) for name, info in header.items()),
+                     key=lambda entry: entry[3:5])
+    position = 0
+    for name, _, _, begin, end in entries:
+        if begin != position:
+            raise ValueError(f"tensor {name!r} starts at byte {begin} of the data, expected "
+                             f"{position} (a gap or an overlap)")
+        position = end
+    if position != data_size:
+        raise ValueError(f"{data_size - position} bytes follow the last tensor (the data "
+                         f"section must end where the tensors do)")
+    if checksum:
+        _verify_checksum(data, raw, metadata)
+        metadata = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
+    tensors = {name: np.frombuffer(data, dtype, (end - begin) // dtype.itemsize,
+                                   data_start + begin).reshape(shape)
+               for name, dtype, shape, begin, end in entries}
+    return tensors, metadata
+
+
+def _unique_keys(pairs):
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+        raise ValueError(f"duplicate keys {duplicates}")
+    return dict(pairs)
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tensor_entry(name, info, data_size):
+    """(name, dtype, shape, begin, end) of a header entry, each checked."""
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise ValueError(f"tensor {name!r}: expected an object with exactly dtype, shape "
+                         f"and data_offsets, got {str(info)[:200]}")
+    dtype = DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+    if dtype is None:
+        raise ValueError(f"tensor {name!r}: unknown dtype {str(info['dtype'])[:50]!r} "
+                         f"(expected one of {sorted(DTYPES)})")
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise ValueError(f"tensor {name!r}: shape must be a list of integers >= 0, "
+                         f"got {str(shape)[:200]}")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_count, offsets))
+            or offsets[0] > offsets[1]):
+        raise ValueError(f"tensor {name!r}: data_offsets must be [begin, end] with "
+                         f"0 <= begin <= end, got {str(offsets)[:200]}")
+    begin, end = offsets
+    # the product stops growing past the data size, so a forged shape costs no time
+    nbytes = 0 if 0 in shape else dtype.itemsize
+    for n in shape:
+        if nbytes > data_size:
+            break
+        nbytes *= n
+    if nbytes != end - begin:
+        raise ValueError(f"tensor {name!r}: {info['dtype']} of shape {str(shape)[:200]} does "
+                         f"not fit data_offsets {offsets}")
+    if end > data_size:
+        raise ValueError(f"tensor {name!r} ends at byte {end} of the data, which has "
+                         f"{data_size} bytes: the file is truncated")
+    return name, dtype, tuple(shape), begin, end
+
+
+def _verify_checksum(data, raw, metadata):
+    """Compare metadata's checksum with the SHA-256 of data with the digest zeroed."""
+    digest = metadata.get(CHECKSUM_KEY)
+    if not isinstance(digest, str) or not _HEX_DIGEST.fullmatch(digest):
+        raise ValueError("checksum mismatch: no valid checksum in the header (64 lowercase "
+                         "hex digits expected)")
+    at = raw.find(b'"' + digest.encode() + b'"') + 1  # the first occurrence, as specified
+    if at == 0:
+        raise ValueError("checksum mismatch: the checksum is not written plainly in the header")
+    actual = hashlib.sha256(bytes(data[:8]) + raw[:at] + _PLACEHOLDER + raw[at + 64:])
+    actual.update(memoryview(data)[8 + len(raw):])
+    if actual.hexdigest() != digest:
+        raise ValueError("checksum mismatch: the file was damaged or edited")
+
+
+def atomic_save(path, write_to):
+    """Create or replace the file ``path`` with what ``write_to(f)`` writes to ``f``.
+
+    The bytes go to a temporary file in the same folder, are flushed to the disk (fsync)
+    and then renamed over ``path``, so readers see the old file or the new one, never a
+    part; if anything fails (an exception, Ctrl-C) the previous file is left intact and the
+    temporary file is removed.
+    """
+    path = os.fsdecode(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".cbn-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_to(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# ================================================================== cbn networks
+
+def network_tensors(net):
+    """The network's tensors by name, in the file's order (views of its live buffers)."""
+    tensors = net.parameters()
+    for layer in net.layers:
+        if layer.batchnorm:
+            tensors[f"{layer.index}.running_mean"] = layer.running_mean
+            tensors[f"{layer.index}.running_var"] = layer.running_var
+    for state in net.optimizer.state_names:
+        flat, offset = net.optimizer.state[state], 0
+        for l, name, shape in net._layout():  # the order of the parameter buffer
+            size = math.prod(shape)
+            tensors[f"optimizer.{state}.{l}.{name}"] = flat[offset:offset + size].reshape(shape)
+            offset += size
+    return tensors
+
+
+def network_metadata(net):
+    """The network's format-2 metadata, without the checksum (:func:`write` adds it)."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        **_flat_metadata(net),
+        "config": json.dumps(net._config()),
+    }
+
+
+def _flat_metadata(net):
+    return {
+        "dtype": np.dtype(net.dtype).name,
+        "layer_sizes": ",".join(str(n) for n in net.layer_sizes),
+        "activation": net.activation,
+        "output": net.output,
+        "batchnorm": "true" if net.batchnorm else "false",
+        "bn_eps": float(net.bn_eps).hex(),
+        "negative_slope": float(net.negative_slope).hex(),
+    }
+
+
+def write_network(f, net):
+    """Write ``net`` in format 2 to the binary file object ``f``."""
+    write(f, network_tensors(net), network_metadata(net))
+
+
+def network_to_bytes(net):
+    """The bytes of ``net``'s format-2 file (what pickling carries)."""
+    f = io.BytesIO()
+    write_network(f, net)
+    return f.getvalue()
+
+
+def save_network(net, path):
+    """``Network.save``: write format 2 to ``path`` atomically."""
+    path = check.check_path(path)
+    atomic_save(path, lambda f: write_network(f, net))
+
+
+def load_network(cls, path):
+    """``Network.load``: read a format-2 (or format-1) file; ValueErrors name the path."""
+    path = check.check_path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # a folder, a device that fails, ...
+        raise ValueError(f"path: {os.fspath(path)!r} is not a readable cbn model file "
+                         f"({exc})") from None
+    try:
+        return network_from_bytes(cls, data)
+    except ValueError as exc:
+        raise ValueError(f"path: {os.fspath(path)!r}: {exc}") from None
+    except (KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+        raise ValueError(f"path: {os.fspath(path)!r} is not a valid cbn model file "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def file_format(prefix):
+    """1 or 2 if the first bytes of a file look like that cbn format, else None."""
+    if prefix[:4] == _NPZ_MAGIC:
+        return 1
+    if prefix[8:9] == b"{":
+        return 2
+    return None
+
+
+def network_from_bytes(cls, data):
+    """A ``cls`` (Network) from the bytes of a format-2 or format-1 file."""
+    if file_format(bytes(data[:9])) == 1:
+        return _network_from_format1(cls, data)
+    try:
+        tensors, metadata = read(data)
+    except ValueError as exc:
+        if str(exc).startswith("checksum mismatch"):
+            raise
+        raise ValueError(f"not a readable cbn model file ({exc})") from None
+    return network_from_contents(cls, tensors, metadata)
+
+
+def network_from_contents(cls, tensors, metadata):
+    """A ``cls`` (Network) from the tensors and metadata :func:`read` returned.
+
+    Exactly the model's tensors must be present, in the file's order; metadata keys other
+    than the format's are ignored. A file that stores more (a checkpoint) passes the model's
+    part: ``{k: v for k, v in tensors.items() if k in ours}``.
+    """
+    if metadata.get("format") != FORMAT_NAME:
+        raise ValueError(f"expected a {FORMAT_NAME} file, got format {metadata.get('format')!r}")
+    if metadata.get("format_version") != str(FORMAT_VERSION):
+        raise ValueError(f"expected format version {FORMAT_VERSION}, "
+                         f"got {metadata.get('format_version')!r}")
+    missing = [key for key in (*FLAT_KEYS, "config") if key not in metadata]
+    if missing:
+        raise ValueError(f"the metadata lacks {missing}")
+    try:
+        config = json.loads(metadata["config"])
+    except ValueError as exc:
+        raise ValueError(f"the configuration is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError("the configuration is not a JSON object")
+    # a forged configuration must not make the constructor allocate more than the file holds
+    _check_fits(config, sum(t.size for t in tensors.values()))
+    net = _network_from_config(cls, config)
+    expected = network_tensors(net)
+    if list(tensors) != list(expected):
+        missing = [name for name in expected if name not in tensors]
+        extra = [name for name in tensors if name not in expected]
+        if missing or extra:
+            raise ValueError(f"the tensors do not match the configuration: missing "
+                             f"{missing[:10]}, unexpected {extra[:10]}")
+        raise ValueError(f"the tensors are not stored in the order {list(expected)}")
+    for name, target in expected.items():
+        _copy_checked(name, tensors[name], target)
+    for layer in net.layers:
+        if layer.batchnorm and (layer.running_var < 0).any():
+            raise ValueError(f"tensor '{layer.index}.running_var' holds negative variances")
+    for key, value in _flat_metadata(net).items():
+        if metadata[key] != value:
+            raise ValueError(f"metadata {key!r} is {metadata[key]!r}, but the configuration "
+                             f"says {value!r}")
+    _restore_state(net, config)
+    return net
+
+
+def _check_fits(config, n_values):
+    sizes = check.check_layer_sizes(config["layer_sizes"])
+    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    if weights > n_values:
+        raise ValueError(f"layer_sizes {list(sizes)} need more parameters than the file holds")
+
+
+def _network_from_config(cls, config):
+    """A fresh network of the configuration's architecture, hyper-parameters and optimizer."""
+    opt = config["optimizer"]
+    if opt["name"] not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {opt['name']!r}")
+    return cls(config["layer_sizes"], activation=config["activation"],
+               output=config["output"], batchnorm=config["batchnorm"],
+               optimizer=OPTIMIZERS[opt["name"]](**opt["config"]), dtype=config["dtype"],
+               bn_momentum=config["bn_momentum"], bn_eps=config["bn_eps"],
+               negative_slope=config["negative_slope"], seed=config["seed"])
+
+
+def _copy_checked(name, source, target):
+    if source.shape != target.shape or source.dtype != target.dtype:
+        raise ValueError(f"array {name!r}: expected {target.dtype} of shape {target.shape}, "
+                         f"got {source.dtype} of shape {source.shape}")
+    if not np.isfinite(source).all():
+        raise ValueError(f"array {name!r} holds NaN or infinity")
+    target[...] = source
+
+
+def _restore_state(net, config):
+    """Step count, random generator and user metadata from the configuration."""
+    net.optimizer.t = check.check_int("optimizer step count", config["optimizer"]["t"], 0)
+    net._rng.bit_generator.state = config["rng_state"]
+    net.metadata = config.get("metadata", {})
+
+
+# ================================================================== format 1 (read only)
+
+def _network_from_format1(cls, data):
+    """Format 1: an uncompressed np.savez archive of 'config' (JSON text), 'params' (the flat
+    parameter buffer), 'running' and 'optimizer.<state>' arrays, with a checksum in config."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            contents = {name: archive[name] for name in archive.files}
+    except Exception as exc:  # zip, zlib, header and pickle-refusal errors all mean "damaged"
+        raise ValueError(f"not a readable cbn model file ({exc})") from None
+    if "config" not in contents or contents["config"].dtype.kind != "U":
+        raise ValueError("no cbn configuration in the file")
+    config = json.loads(str(contents.pop("config")))
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        got = config.get("format") if isinstance(config, dict) else None
+        raise ValueError(f"expected a {FORMAT_NAME} file, got format {got!r}")
+    if config.get("format_version") != 1:
+        raise ValueError(f"expected format version 1 in an .npz file, "
+                         f"got {config.get('format_version')!r}")
+    if config.pop("checksum", None) != format1_checksum(config, contents):
+        raise ValueError("checksum mismatch: the file was damaged or edited")
+    if "params" not in contents:
+        raise ValueError("no 'params' array in the file")
+    _check_fits(config, contents["params"].size)
+    net = _network_from_config(cls, config)
+    expected = net._arrays()  # the flat buffers, as format 1 stored them
+    if set(contents) != set(expected):
+        raise ValueError(f"expected arrays {sorted(expected)}, got {sorted(contents)}")
+    for name, target in expected.items():
+        _copy_checked(name, contents[name], target)
+    _restore_state(net, config)
+    return net
+
+
+def format1_checksum(config, arrays):
+    """Format 1's SHA-256 over the configuration and the names, dtypes, shapes and bytes of
+    the arrays."""
+    # the JSON text round-trips exactly (key order included), unlike sorting mixed-type keys
+    digest = hashlib.sha256(json.dumps(config).encode())
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
