@@ -28,7 +28,7 @@ cdef extern from "cbn_model.c" nogil:
         CBN_OK
         CBN_ERR_OVERFLOW
         CBN_ROW_BLOCK_F32
-    size_t cbn__workspace_bytes(const cbn_model *m)
+    size_t cbn__workspace_bytes(const cbn_model *m, size_t n_rows)
     void cbn__fold_f32(const float *gamma, const float *beta, const float *mean,
                        const float *var, size_t n, double eps, float *scale, float *shift)
     void cbn__fold_f64(const double *gamma, const double *beta, const double *mean,
@@ -116,7 +116,8 @@ cdef class _Model:
         """Rows start:stop of X into out; True if an output-layer value was not finite."""
         cdef const unsigned char[:, ::1] Xb = X.view(np.uint8)
         cdef unsigned char[:, ::1] ob = out.view(np.uint8)
-        cdef unsigned char[::1] ws = np.empty(cbn__workspace_bytes(&self.model), np.uint8)
+        cdef unsigned char[::1] ws = np.empty(
+            cbn__workspace_bytes(&self.model, stop - start if stop > start else 1), np.uint8)
         cdef int status
         if stop <= start:
             return False

@@ -78,9 +78,12 @@ static double cbn__sigmoid(double z) {
     return e / (1.0 + e);
 }
 
-static size_t cbn__workspace_bytes(const cbn_model *m) {
-    if (m->dtype == CBN_FLOAT32) return 2 * (size_t)CBN_ROW_BLOCK_F32 * m->max_width * sizeof(float);
-    return 2 * (size_t)CBN_ROW_BLOCK_F64 * m->max_width * sizeof(double);
+/* Bytes of workspace a forward call over n_rows rows needs (at most a row block's worth). */
+static size_t cbn__workspace_bytes(const cbn_model *m, size_t n_rows) {
+    size_t block = m->dtype == CBN_FLOAT32 ? CBN_ROW_BLOCK_F32 : CBN_ROW_BLOCK_F64;
+    size_t group = block / CBN_BLOCK_GROUPS, item = m->dtype == CBN_FLOAT32 ? 4 : 8;
+    size_t ld = n_rows < block ? (n_rows + group - 1) / group * group : block;
+    return 2 * (ld ? ld : group) * m->max_width * item;
 }
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -149,17 +152,20 @@ static void cbn__k##U##_##H##_##S(const T *xT, size_t ld, const T *W, size_t K, 
 #define CBN_DEFINE(S, T, V, LANES, T_MAX, ROW_BLOCK) \
 CBN_KERNELS(S, T, V, LANES, 1) CBN_KERNELS(S, T, V, LANES, 2) \
 \
-/* zT (n_out x ld) = W (n_out x K) times xT (K x ld) over `groups` row groups; the last \
-   group has one vector of rows when half_last is set. */ \
-static void cbn__gemm_##S(const T *xT, size_t ld, size_t groups, int half_last, const T *W, \
-                          size_t K, size_t n_out, T *zT) { \
+/* zT = W (n_out x K) times xT over `groups` row groups; the last group has one vector of \
+   rows when half_last is set. Activations are stored group by group: element (k, r) of a \
+   layer n wide at ((r / G) * n + k) * G + r % G, G = 2 * LANES rows, so the microkernel \
+   reads and writes contiguous vectors. */ \
+static void cbn__gemm_##S(const T *xT, size_t groups, int half_last, const T *W, size_t K, \
+                          size_t n_out, T *zT) { \
+    const size_t ld = 2 * LANES; \
     size_t j0, g; \
     for (j0 = 0; j0 < n_out; j0 += CBN_UNITS) { \
         size_t units = n_out - j0 < CBN_UNITS ? n_out - j0 : CBN_UNITS; \
         const T *Wj = W + j0 * K; \
         for (g = 0; g < groups; g++) { \
-            const T *xg = xT + g * 2 * LANES; \
-            T *zg = zT + j0 * ld + g * 2 * LANES; \
+            const T *xg = xT + g * K * ld; \
+            T *zg = zT + (g * n_out + j0) * ld; \
             if (half_last && g + 1 == groups) { \
                 switch (units) { \
                 case 1: CBN_CALL(S, 1, 1); break; case 2: CBN_CALL(S, 2, 1); break; \
@@ -177,37 +183,45 @@ static void cbn__gemm_##S(const T *xT, size_t ld, size_t groups, int half_last, 
     } \
 } \
 \
-/* Hidden layer, in place over rows r < rows of zT: g(z * scale + shift), or g(z + shift) \
-   without batch norm. */ \
-static void cbn__activate_##S(T *zT, size_t ld, size_t rows, size_t n, const T *scale, \
-                              const T *shift, int activation, double slope) { \
-    size_t j, r; \
-    for (j = 0; j < n; j++) { \
-        T *z = zT + j * ld, sh = shift[j]; \
-        if (scale) { T sc = scale[j]; for (r = 0; r < rows; r++) { T t = z[r] * sc; z[r] = t + sh; } } \
-        else for (r = 0; r < rows; r++) z[r] = z[r] + sh; \
-        switch (activation) { \
-        case CBN_ACT_RELU: for (r = 0; r < rows; r++) z[r] = z[r] > 0 ? z[r] : 0; break; \
-        case CBN_ACT_LEAKY_RELU: \
-            for (r = 0; r < rows; r++) z[r] = z[r] > 0 ? z[r] : (T)(slope * z[r]); \
-            break; \
-        case CBN_ACT_TANH: for (r = 0; r < rows; r++) z[r] = (T)tanh((double)z[r]); break; \
-        case CBN_ACT_SIGMOID: for (r = 0; r < rows; r++) z[r] = (T)cbn__sigmoid((double)z[r]); break; \
-        default: break; \
+/* Hidden layer, in place over the rows r < rows of zT (layout of gemm): g(z * scale + shift), \
+   or g(z + shift) without batch norm. */ \
+static void cbn__activate_##S(T *zT, size_t rows, size_t n, const T *scale, const T *shift, \
+                              int activation, double slope) { \
+    const size_t G = 2 * LANES; \
+    size_t g, j, r; \
+    for (g = 0; g * G < rows; g++) { \
+        size_t count = rows - g * G < G ? rows - g * G : G; \
+        for (j = 0; j < n; j++) { \
+            T *z = zT + (g * n + j) * G, sh = shift[j]; \
+            if (scale) { T sc = scale[j]; for (r = 0; r < count; r++) { T t = z[r] * sc; z[r] = t + sh; } } \
+            else for (r = 0; r < count; r++) z[r] = z[r] + sh; \
+            switch (activation) { \
+            case CBN_ACT_RELU: for (r = 0; r < count; r++) z[r] = z[r] > 0 ? z[r] : 0; break; \
+            case CBN_ACT_LEAKY_RELU: \
+                for (r = 0; r < count; r++) z[r] = z[r] > 0 ? z[r] : (T)(slope * z[r]); \
+                break; \
+            case CBN_ACT_TANH: for (r = 0; r < count; r++) z[r] = (T)tanh((double)z[r]); break; \
+            case CBN_ACT_SIGMOID: \
+                for (r = 0; r < count; r++) z[r] = (T)cbn__sigmoid((double)z[r]); \
+                break; \
+            default: break; \
+            } \
         } \
     } \
 } \
 \
 /* Output layer: out rows from zT, + b and the output function (raw: W.a only). \
    Returns 1 if a value before the output function is not finite. */ \
-static int cbn__output_##S(const T *zT, size_t ld, size_t rows, size_t n, T *out, \
-                           const T *bias, int output, int raw) { \
+static int cbn__output_##S(const T *zT, size_t rows, size_t n, T *out, const T *bias, \
+                           int output, int raw) { \
+    const size_t G = 2 * LANES; \
     size_t i, j; \
     int bad = 0; \
     for (i = 0; i < rows; i++) { \
         T *o = out + i * n; \
         double top, sum; \
-        for (j = 0; j < n; j++) o[j] = raw ? zT[j * ld + i] : zT[j * ld + i] + bias[j]; \
+        const T *zi = zT + (i / G) * n * G + i % G; \
+        for (j = 0; j < n; j++) o[j] = raw ? zi[j * G] : zi[j * G] + bias[j]; \
         for (j = 0; j < n; j++) bad |= !(o[j] >= -T_MAX && o[j] <= T_MAX); \
         if (raw) continue; \
         switch (output) { \
@@ -226,12 +240,14 @@ static int cbn__output_##S(const T *zT, size_t ld, size_t rows, size_t n, T *out
 } \
 \
 /* The network on X[n_rows][n_in] into out[n_rows][n_out]; raw = 1 stops before the \
-   output layer's bias (logits W.a, for the loss). ws: cbn__workspace_bytes(m) bytes. \
+   output layer's bias (logits W.a, for the loss). ws: cbn__workspace_bytes(m, n_rows) bytes. \
    Returns CBN_OK or CBN_ERR_OVERFLOW. */ \
 static int cbn__forward_##S(const cbn_model *m, const T *X, size_t n_rows, T *out, int raw, \
                             void *ws) { \
     const size_t L = m->n_layers, n_in = m->layers[0].n_in, n_out = m->layers[L - 1].n_out; \
-    const size_t ld = ROW_BLOCK, group = 2 * LANES; \
+    /* room for ld rows per unit: a row block, or fewer for small batches */ \
+    const size_t group = 2 * LANES; \
+    const size_t ld = n_rows < ROW_BLOCK ? (n_rows + group - 1) / group * group : ROW_BLOCK; \
     T *buf0 = (T *)ws, *buf1 = buf0 + ld * m->max_width; \
     size_t r0, l, r, k; \
     int bad = 0; \
@@ -240,20 +256,20 @@ static int cbn__forward_##S(const cbn_model *m, const T *X, size_t n_rows, T *ou
         size_t groups = (rows + group - 1) / group; \
         int half_last = rows - (groups - 1) * group <= LANES; \
         const T *a = buf0; \
-        for (r = 0; r < rows; r++) { \
-            const T *x = X + (r0 + r) * n_in; \
-            for (k = 0; k < n_in; k++) buf0[k * ld + r] = x[k]; \
+        for (r = 0; r < groups * group; r++) { \
+            T *dst = buf0 + (r / group) * n_in * group + r % group; \
+            if (r < rows) { const T *x = X + (r0 + r) * n_in; for (k = 0; k < n_in; k++) dst[k * group] = x[k]; } \
+            else for (k = 0; k < n_in; k++) dst[k * group] = 0; \
         } \
-        for (k = 0; k < n_in; k++) for (r = rows; r < groups * group; r++) buf0[k * ld + r] = 0; \
         for (l = 0; l < L; l++) { \
             const cbn_layer *ly = &m->layers[l]; \
             T *z = a == buf0 ? buf1 : buf0; \
-            cbn__gemm_##S(a, ld, groups, half_last, (const T *)ly->W, ly->n_in, ly->n_out, z); \
+            cbn__gemm_##S(a, groups, half_last, (const T *)ly->W, ly->n_in, ly->n_out, z); \
             if (l < L - 1) \
-                cbn__activate_##S(z, ld, rows, ly->n_out, (const T *)ly->scale, \
+                cbn__activate_##S(z, rows, ly->n_out, (const T *)ly->scale, \
                                   (const T *)ly->shift, m->activation, m->slope); \
             else \
-                bad |= cbn__output_##S(z, ld, rows, n_out, out + r0 * n_out, \
+                bad |= cbn__output_##S(z, rows, n_out, out + r0 * n_out, \
                                        (const T *)ly->shift, m->output, raw); \
             a = z; \
         } \
@@ -1015,7 +1031,7 @@ size_t cbn_model_n_outputs(const cbn_model *model) {
 int cbn_model_dtype(const cbn_model *model) { return model ? model->dtype : 0; }
 
 size_t cbn_model_workspace_size(const cbn_model *model) {
-    return model ? cbn__workspace_bytes(model) : 0;
+    return model ? cbn__workspace_bytes(model, (size_t)-1) : 0;
 }
 
 static int cbn__check_call(const cbn_model *model, const void *X, size_t n_rows, void *out,
@@ -1047,7 +1063,7 @@ int cbn_model_forward_f32(const cbn_model *model, const float *X, size_t n_rows,
     int s = cbn__check_call(model, X, n_rows, out, CBN_FLOAT32, NULL, 0);
     void *ws;
     if (s != 1) return s;
-    ws = malloc(cbn__workspace_bytes(model));
+    ws = malloc(cbn__workspace_bytes(model, n_rows));
     if (!ws) return CBN_ERR_NOMEM;
     s = cbn__forward_f32(model, X, n_rows, out, 0, ws);
     free(ws);
@@ -1058,7 +1074,7 @@ int cbn_model_forward_f64(const cbn_model *model, const double *X, size_t n_rows
     int s = cbn__check_call(model, X, n_rows, out, CBN_FLOAT64, NULL, 0);
     void *ws;
     if (s != 1) return s;
-    ws = malloc(cbn__workspace_bytes(model));
+    ws = malloc(cbn__workspace_bytes(model, n_rows));
     if (!ws) return CBN_ERR_NOMEM;
     s = cbn__forward_f64(model, X, n_rows, out, 0, ws);
     free(ws);

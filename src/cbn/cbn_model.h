@@ -61,7 +61,7 @@ int cbn_model_dtype(const cbn_model *model);   /* CBN_FLOAT32 or CBN_FLOAT64 */
 /* out[n_rows][n_outputs] = the network's outputs for X[n_rows][n_inputs] (row-major):
    softmax rows, per-output sigmoid probabilities or linear values, as Python's
    predict_proba (predict for linear outputs). Only the model's own dtype is accepted
-   (else CBN_ERR_DTYPE). Allocates one workspace of cbn_model_workspace_size(model) bytes
+   (else CBN_ERR_DTYPE). Allocates one workspace of at most cbn_model_workspace_size(model) bytes
    for the call (freed before returning; CBN_ERR_NOMEM if that fails). */
 int cbn_model_forward_f32(const cbn_model *model, const float *X, size_t n_rows, float *out);
 int cbn_model_forward_f64(const cbn_model *model, const double *X, size_t n_rows, double *out);
