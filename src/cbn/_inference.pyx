@@ -75,6 +75,12 @@ def sha256(const unsigned char[::1] data):
     return bytes(digest[:32])
 
 
+cdef const void *address(array):
+    """The data pointer of a C-contiguous array (cheaper than array.ctypes.data)."""
+    cdef const unsigned char[::1] view = array.reshape(-1).view(np.uint8)
+    return <const void *> &view[0]
+
+
 cdef class _Model:
     """A cbn_model over a network's arrays (W as it is, batch norm folded); read-only."""
     cdef cbn_model model
@@ -86,7 +92,7 @@ cdef class _Model:
         cdef cbn_layer *cl
         self.keep = []
         self.layer_bytes = np.zeros(n_layers * sizeof(cbn_layer), np.uint8)
-        cl = <cbn_layer *> <size_t> self.layer_bytes.ctypes.data
+        cl = <cbn_layer *> address(self.layer_bytes)
         self.model.dtype = CBN_FLOAT32 if np.dtype(dtype).itemsize == 4 else CBN_FLOAT64
         self.model.activation = activation
         self.model.output = output
@@ -107,9 +113,9 @@ cdef class _Model:
             self.keep += [layer.W, scale, shift]
             cl[l].n_in = layer.W.shape[1]
             cl[l].n_out = n_out
-            cl[l].W = <const void *> <size_t> layer.W.ctypes.data
-            cl[l].scale = NULL if scale is None else <const void *> <size_t> scale.ctypes.data
-            cl[l].shift = <const void *> <size_t> shift.ctypes.data
+            cl[l].W = address(layer.W)
+            cl[l].scale = NULL if scale is None else address(scale)
+            cl[l].shift = address(shift)
             self.model.max_width = max(self.model.max_width, n_out)
 
     def run(self, X, out, size_t start, size_t stop, bint raw):
