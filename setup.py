@@ -37,7 +37,7 @@ def extension(name):
     compile_args = [] if os.name == "nt" else ["-O3", "-fno-math-errno"]
     if name.endswith("_avx2") and AVX2:
         compile_args += ["-mavx2", "-ffp-contract=off"]
-    elif name == "_inference" and os.name != "nt":
+    elif name.startswith("_inference") and os.name != "nt":
         # cbn_model.c's kernel: never a fused multiply-add (GCC fuses by default in GNU mode
         # where the target has FMA, e.g. aarch64), so every build gives the C library's bits
         compile_args += ["-ffp-contract=off"]
