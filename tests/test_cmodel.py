@@ -109,6 +109,19 @@ def test_c_library_gives_pythons_bits_on_the_mnist_sized_network(driver, tmp_pat
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_fast_compile_line_gives_the_same_bits(tmp_path, dtype):
+    """README's faster line: -O3 -march=native (AVX2, FMA where the CPU has them) with
+    -ffp-contract=off."""
+    exe, proc = compile_driver(str(tmp_path), "cmodel_native", ("-O3", "-march=native",
+                                                                "-ffp-contract=off"))
+    if proc.returncode != 0:
+        pytest.skip(f"the compiler does not take -march=native here: {proc.stderr[-300:]}")
+    net = trained([41, 33, 17, 6], dtype, "tanh", "softmax", True)
+    X = np.random.default_rng(5).standard_normal((77, 41)).astype(dtype)
+    assert c_outputs(exe, net, X, tmp_path).tobytes() == net.predict_proba(X).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_four_threads_on_one_model_give_the_same_bits(driver, tmp_path, dtype):
     net = trained([31, 40, 7], dtype)
     X = np.random.default_rng(4).standard_normal((517, 31)).astype(dtype)
