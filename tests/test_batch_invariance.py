@@ -5,7 +5,6 @@ Batch sizes straddle every vector width, row group and row block of the kernel
 4096-row chunk; rows sit at different positions; one and two threads; both builds
 (baseline and AVX2) give the same bits.
 """
-import hashlib
 import json
 import os
 import subprocess

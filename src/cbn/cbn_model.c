@@ -193,7 +193,10 @@ static void cbn__activate_##S(T *zT, size_t rows, size_t n, const T *scale, cons
         size_t count = rows - g * G < G ? rows - g * G : G; \
         for (j = 0; j < n; j++) { \
             T *z = zT + (g * n + j) * G, sh = shift[j]; \
-            if (scale) { T sc = scale[j]; for (r = 0; r < count; r++) { T t = z[r] * sc; z[r] = t + sh; } } \
+            if (scale) { \
+                T sc = scale[j]; \
+                for (r = 0; r < count; r++) { T t = z[r] * sc; z[r] = t + sh; } \
+            } \
             else for (r = 0; r < count; r++) z[r] = z[r] + sh; \
             switch (activation) { \
             case CBN_ACT_RELU: for (r = 0; r < count; r++) z[r] = z[r] > 0 ? z[r] : 0; break; \
@@ -258,7 +261,10 @@ static int cbn__forward_##S(const cbn_model *m, const T *X, size_t n_rows, T *ou
         const T *a = buf0; \
         for (r = 0; r < groups * group; r++) { \
             T *dst = buf0 + (r / group) * n_in * group + r % group; \
-            if (r < rows) { const T *x = X + (r0 + r) * n_in; for (k = 0; k < n_in; k++) dst[k * group] = x[k]; } \
+            if (r < rows) { \
+                const T *x = X + (r0 + r) * n_in; \
+                for (k = 0; k < n_in; k++) dst[k * group] = x[k]; \
+            } \
             else for (k = 0; k < n_in; k++) dst[k * group] = 0; \
         } \
         for (l = 0; l < L; l++) { \
@@ -776,7 +782,10 @@ static int cbn__load(const unsigned char *data, size_t size, cbn_model **model) 
     data_size = size - 8 - (size_t)header_len;
 
     parsed = cbn__parse_header(&p);
-    if (parsed != 1) { status = parsed == CBN_ERR_NOMEM ? CBN_ERR_NOMEM : CBN_ERR_FORMAT; goto done; }
+    if (parsed != 1) {
+        status = parsed == CBN_ERR_NOMEM ? CBN_ERR_NOMEM : CBN_ERR_FORMAT;
+        goto done;
+    }
     if (!p.have_meta) goto done;
     v = cbn__meta(&p, CBN_META_FORMAT);
     if (!v || !cbn__is(v, "cbn.Network")) goto done;
