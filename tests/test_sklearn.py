@@ -143,3 +143,13 @@ def test_import_cbn_does_not_import_optional_packages():
     code = ("import sys, cbn; bad = [m for m in ('sklearn', 'matplotlib', 'tqdm') "
             "if m in sys.modules]; sys.exit(str(bad) if bad else 0)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# The default configuration (100 hidden units, 200 epochs) as users get it (issue 12:
+# check_methods_subset_invariance failed for BatchNormMLPRegressor() before inference became
+# batch-invariant); about 20 s.
+@parametrize_with_checks([cls(dtype=dtype)
+                          for cls in (BatchNormMLPClassifier, BatchNormMLPRegressor)
+                          for dtype in ("float32", "float64")])
+def test_sklearn_checks_with_default_parameters(estimator, check):
+    check(estimator)

@@ -14,10 +14,13 @@ from cbn.plotting import plot_history
 
 
 def get_include():
-    """Return the folder holding cbn's C headers (_capi.h, _capi_api.h) and .pxd files.
+    """Return the folder holding cbn's C headers (_capi.h, _capi_api.h), .pxd files and the
+    C inference library (cbn_model.h, cbn_model.c).
 
     C extensions that call cbn's C-level API add it to their include_dirs; Cython code
     needs it only if cbn is not importable at build time (the .pxd files sit beside it).
+    Programs that run saved models without Python compile cbn_model.c from here:
+    ``cc -O2 -std=c99 app.c "$CBN"/cbn_model.c -I"$CBN" -lm``.
     """
     return os.path.dirname(os.path.abspath(__file__))
 

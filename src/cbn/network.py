@@ -13,12 +13,10 @@ import time
 
 import numpy as np
 
-from cbn import _checkpoint, _distributed, _kernels, _model_file, _progress
+from cbn import _checkpoint, _distributed, _kernels, _model_file, _predict, _progress
 from cbn import _validation as check
 from cbn.optimizers import make_optimizer
 
-# Inference runs in chunks of this many rows, so its buffers stay small for any X.
-INFERENCE_CHUNK = 4096
 # Larger gradients would overflow the squared-gradient averages of RMSprop and Adam.
 _GRADIENT_LIMIT = {t: math.sqrt(np.finfo(t).max) for t in (np.float32, np.float64)}
 # Work buffers are kept for this many batch sizes (typically the batch and the last, odd one).
@@ -815,35 +813,8 @@ class Network:
     # ------------------------------------------------------------------ inference
 
     def _logits(self, X):
-        """Inference-mode output-layer W·A (without b), chunk by chunk; state untouched."""
-        code, slope = self._activation_code, self.negative_slope
-        out = self.layers[-1]
-        logits = np.empty((X.shape[0], out.n_out), self.dtype)
-        for start in range(0, X.shape[0], INFERENCE_CHUNK):
-            A = X[start:start + INFERENCE_CHUNK]
-            rows = A.shape[0]
-            if rows == 1:
-                # BLAS multiplies a single row by other routines (gemv, dot) that round
-                # differently from gemm; as two rows, a row's result does not depend on
-                # the batch it comes in
-                A = np.repeat(A, 2, axis=0)
-            for layer in self.layers[:-1]:
-                Z = A @ layer.W.T
-                if layer.batchnorm:  # in place: the kernel reads each Z element before writing it
-                    _kernels.batchnorm_activation_inference(
-                        Z, Z, layer.gamma, layer.beta, layer.running_mean, layer.running_var,
-                        self.bn_eps, code, slope)
-                else:
-                    _kernels.bias_activation_forward(Z, Z, layer.b, code, slope)
-                A = Z
-            logits[start:start + rows] = (A @ out.W.T)[:rows]
-        # finite but huge X can overflow on the way (inf, then NaN): an error, not an answer
-        if not np.isfinite(logits).all():
-            raise FloatingPointError(
-                f"X: the network's outputs overflowed to infinity or NaN; the values of X "
-                f"(max |X| = {np.abs(X).max():g}) are too large for "
-                f"{np.dtype(self.dtype).name} computation")
-        return logits
+        """Inference-mode output-layer W.A (without b); state untouched (see cbn._predict)."""
+        return _predict.forward(self, X, raw=True)
 
     def _outputs(self, logits):
         """Apply the output function to logits (in place) and return them."""
@@ -865,14 +836,14 @@ class Network:
             raise ValueError("predict_proba: a network with output='linear' has no "
                              "probabilities; use predict")
         X = check.check_features("X", X, self.layer_sizes[0], self.dtype)
-        return self._outputs(self._logits(X))
+        return _predict.forward(self, X, raw=False)
 
     def predict(self, X):
         """Predictions in inference mode: class indices (softmax), 0/1 labels (sigmoid) or
         values (linear). Single-output sigmoid and linear networks return shape (n_samples,).
         """
         X = check.check_features("X", X, self.layer_sizes[0], self.dtype)
-        outputs = self._outputs(self._logits(X))
+        outputs = _predict.forward(self, X, raw=False)
         if self.output == "softmax":
             return outputs.argmax(axis=1)
         if self.output == "sigmoid":
