@@ -340,3 +340,16 @@ def test_atomic_save_replaces_or_keeps(tmp_path):
     with pytest.raises(RuntimeError):
         _model_file.atomic_save(path, fail)
     assert path.read_bytes() == b"two" and os.listdir(tmp_path) == ["f.bin"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_get_the_permissions_of_any_new_file(tmp_path, umask):
+    # a temporary file from mkstemp is private (0o600); the saved model must not stay so
+    previous = os.umask(umask)
+    try:
+        cbn.Network([3, 4, 2], seed=0).save(tmp_path / "m.safetensors")
+        _model_file.atomic_save(tmp_path / "other", lambda f: f.write(b"x"), temporary=tmp_path / "t")
+    finally:
+        os.umask(previous)
+    for name in ("m.safetensors", "other"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask

@@ -427,17 +427,6 @@ def _write(path, contents, tensors):
     metadata.update({key: json.dumps(value) for key, value in contents.items()})
     _model_file.atomic_save(path, lambda f: _model_file.write(f, tensors, metadata),
                             temporary=path + ".partial")
-    _fsync_folder(path)
-
-
-def _fsync_folder(path):
-    """Make the rename durable (a crash of the machine keeps the new file)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _read(path):

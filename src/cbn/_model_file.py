@@ -259,11 +259,13 @@ def atomic_save(path, write_to, *, temporary=None):
     """Create or replace the file ``path`` with what ``write_to(f)`` writes to ``f``.
 
     The bytes go to a temporary file in the same folder, are flushed to the disk (fsync)
-    and then renamed over ``path``, so readers see the old file or the new one, never a
-    part; if anything fails (an exception, Ctrl-C) the previous file is left intact and the
+    and then renamed over ``path``, and the folder is flushed too, so readers see the old
+    file or the new one, never a part, and the new one survives a crash of the machine; if
+    anything fails (an exception, Ctrl-C) the previous file is left intact and the
     temporary file is removed. ``temporary`` names that file (in path's folder) instead of
     a fresh one: fit's checkpoints use one fixed name, so the leftovers of writes killed
-    half-way (SIGKILL) do not pile up.
+    half-way (SIGKILL) do not pile up. The file gets the permissions of any new file
+    (0o666 less the umask), as ``open(path, "wb")`` would give it.
     """
     path = os.fsdecode(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -274,6 +276,7 @@ def atomic_save(path, write_to, *, temporary=None):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes it private (0o600)
             write_to(f)
             f.flush()
             os.fsync(f.fileno())
@@ -282,6 +285,23 @@ def atomic_save(path, write_to, *, temporary=None):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync_folder(folder)
+
+
+def _umask():
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder):
+    """Make a rename in folder durable; a no-op where folders cannot be opened (Windows)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # ================================================================== cbn networks
