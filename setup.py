@@ -23,8 +23,9 @@ directives = {
 
 # _capi holds the C-level API (cdef api); cythonize also writes its headers _capi.h and _capi_api.h.
 # _batchnorm_avx2 and _optim_avx2 compile _batchnorm and _optim again, for AVX2 (below).
-MODULES = ["_activations", "_batchnorm", "_batchnorm_avx2", "_losses", "_optim", "_optim_avx2",
-           "_kernels", "_capi"]
+# _parallel is the kernels' thread pool (pthreads).
+MODULES = ["_parallel", "_activations", "_batchnorm", "_batchnorm_avx2", "_losses", "_optim",
+           "_optim_avx2", "_kernels", "_capi"]
 
 # The AVX2 builds use AVX2 where the target is certain to be x86-64 with GCC or clang (Linux);
 # elsewhere they are plain copies that cbn._dispatch never picks. No fused multiply-add
@@ -37,7 +38,11 @@ def extension(name):
     compile_args = [] if os.name == "nt" else ["-O3", "-fno-math-errno"]
     if name.endswith("_avx2") and AVX2:
         compile_args += ["-mavx2", "-ffp-contract=off"]
-    return Extension(f"cbn.{name}", [f"src/cbn/{name}.pyx"], extra_compile_args=compile_args)
+    link_args = ["-pthread"] if name == "_parallel" and os.name != "nt" else []
+    if link_args:
+        compile_args += link_args
+    return Extension(f"cbn.{name}", [f"src/cbn/{name}.pyx"], extra_compile_args=compile_args,
+                     extra_link_args=link_args)
 
 
 setup(

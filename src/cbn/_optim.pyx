@@ -85,3 +85,45 @@ cdef void adam_update(
         v[i] = v_i
         # p -= lr * (m / bc1) / (sqrt(v / bc2) + eps)
         param[i] = param[i] - step_size * m_i / (<floating>sqrt(v_i) * inv_root_bc2 + eps_)
+
+
+cdef enum:
+    LANES = 16      # independent running maxima, so the loop below vectorizes
+
+
+cdef double largest_magnitude(
+    const floating* x,          # IN (n,)
+    Py_ssize_t n,
+) noexcept nogil:
+    """max |x| over n elements (0 for n = 0), NaN if any element is NaN: the divergence check.
+
+    One pass; the maximum does not depend on the order of the elements, so any split of
+    the buffer among threads gives the same result.
+    """
+    cdef Py_ssize_t i = 0, b
+    cdef floating a
+    cdef floating big[LANES]
+    cdef floating nan_seen[LANES]   # x - x is 0 for finite x and NaN for inf or NaN
+    cdef double largest = 0.0
+    cdef bint not_finite = False
+    for b in range(LANES):
+        big[b] = 0
+        nan_seen[b] = 0
+    while i + LANES <= n:
+        for b in range(LANES):
+            a = x[i + b] if x[i + b] >= 0 else -x[i + b]
+            big[b] = a if a > big[b] else big[b]
+            nan_seen[b] = nan_seen[b] + (x[i + b] - x[i + b])
+        i += LANES
+    for b in range(n - i):
+        a = x[i + b] if x[i + b] >= 0 else -x[i + b]
+        big[b] = a if a > big[b] else big[b]
+        nan_seen[b] = nan_seen[b] + (x[i + b] - x[i + b])
+    for b in range(LANES):
+        largest = big[b] if big[b] > largest else largest
+        not_finite = not_finite or nan_seen[b] != 0
+    if not_finite:  # an inf or a NaN: tell them apart (rare, so a plain loop)
+        for i in range(n):
+            if x[i] != x[i]:
+                return x[i]
+    return largest
