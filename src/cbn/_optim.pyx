@@ -87,8 +87,41 @@ cdef void adam_update(
         param[i] = param[i] - step_size * m_i / (<floating>sqrt(v_i) * inv_root_bc2 + eps_)
 
 
-cdef enum:
-    LANES = 16      # independent running maxima, so the loop below vectorizes
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* |x| of an IEEE float, as its bits with the sign cleared, orders like an integer:
+       finite values below inf below every NaN. So the integer maximum of those bits is
+       max |x|, or a NaN if x holds one: an integer reduction, which compilers vectorize
+       (a floating-point maximum they do not, without fast-math) and which is exact. */
+    static double cbn_largest_magnitude_f(const float *x, Py_ssize_t n) {
+        int32_t largest = 0, bits;
+        float result;
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) {
+            memcpy(&bits, x + i, sizeof bits);
+            bits &= 0x7fffffff;
+            largest = bits > largest ? bits : largest;
+        }
+        memcpy(&result, &largest, sizeof result);
+        return result;
+    }
+    static double cbn_largest_magnitude_d(const double *x, Py_ssize_t n) {
+        int64_t largest = 0, bits;
+        double result;
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) {
+            memcpy(&bits, x + i, sizeof bits);
+            bits &= INT64_C(0x7fffffffffffffff);
+            largest = bits > largest ? bits : largest;
+        }
+        memcpy(&result, &largest, sizeof result);
+        return result;
+    }
+    """
+    double cbn_largest_magnitude_f(const float* x, Py_ssize_t n) noexcept nogil
+    double cbn_largest_magnitude_d(const double* x, Py_ssize_t n) noexcept nogil
 
 
 cdef double largest_magnitude(
@@ -100,30 +133,7 @@ cdef double largest_magnitude(
     One pass; the maximum does not depend on the order of the elements, so any split of
     the buffer among threads gives the same result.
     """
-    cdef Py_ssize_t i = 0, b
-    cdef floating a
-    cdef floating big[LANES]
-    cdef floating nan_seen[LANES]   # x - x is 0 for finite x and NaN for inf or NaN
-    cdef double largest = 0.0
-    cdef bint not_finite = False
-    for b in range(LANES):
-        big[b] = 0
-        nan_seen[b] = 0
-    while i + LANES <= n:
-        for b in range(LANES):
-            a = x[i + b] if x[i + b] >= 0 else -x[i + b]
-            big[b] = a if a > big[b] else big[b]
-            nan_seen[b] = nan_seen[b] + (x[i + b] - x[i + b])
-        i += LANES
-    for b in range(n - i):
-        a = x[i + b] if x[i + b] >= 0 else -x[i + b]
-        big[b] = a if a > big[b] else big[b]
-        nan_seen[b] = nan_seen[b] + (x[i + b] - x[i + b])
-    for b in range(LANES):
-        largest = big[b] if big[b] > largest else largest
-        not_finite = not_finite or nan_seen[b] != 0
-    if not_finite:  # an inf or a NaN: tell them apart (rare, so a plain loop)
-        for i in range(n):
-            if x[i] != x[i]:
-                return x[i]
-    return largest
+    if floating is float:
+        return cbn_largest_magnitude_f(x, n)
+    else:
+        return cbn_largest_magnitude_d(x, n)
