@@ -1,8 +1,8 @@
-# A small thread pool for cbn's kernels (see _parallel.pyx): parts of [0, n) with bounds on
-# multiples of grain, at least min_work elements each; task(ctx, begin, end, part) runs
-# once per part (part < num_threads(), the range may be empty); idle threads sleep.
+# A small thread pool for cbn's kernels (see _parallel.pyx): chunks of [0, n) with bounds on
+# multiples of grain; task(ctx, begin, end, chunk) runs once per chunk (chunk < MAX_PARTS,
+# the range may be empty) on some thread; idle threads sleep.
 cdef enum:
-    MAX_PARTS = 64   # most threads (and parts) of one call; CBN_MAX_THREADS in the C code
+    MAX_PARTS = 64   # most threads (and chunks) of one call; CBN_MAX_THREADS in the C code
 
 ctypedef void (*task_fn)(void* ctx, Py_ssize_t begin, Py_ssize_t end, int part) noexcept nogil
 

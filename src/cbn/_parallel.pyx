@@ -1,9 +1,9 @@
 """A small thread pool for cbn's own kernels (batch norm, optimizer updates, checks).
 
-parallel_for(task, ctx, n, grain, min_work) splits [0, n) into contiguous parts whose
-bounds are multiples of grain, each at least min_work long (so small arrays stay on one
-thread), calls task(ctx, begin, end, part) once per part (part 0 on the calling thread, the
-others on pool threads) and returns when all are done. The kernels split only where the
+parallel_for(task, ctx, n, grain, min_work) splits [0, n) into contiguous chunks whose
+bounds are multiples of grain, calls task(ctx, begin, end, chunk) once per chunk on the
+calling thread or a pool thread (whichever claims it first) and returns when all are done.
+Ranges shorter than 2 * min_work stay on the calling thread (one call, chunk 0). The kernels split only where the
 arithmetic of each element (or unit) does not depend on the split, so results are
 bit-identical for any thread count.
 
@@ -61,37 +61,44 @@ cdef extern from *:
         pthread_mutex_t use;            /* held by the one parallel region running */
         pthread_mutex_t lock;           /* guards everything below */
         pthread_cond_t wake, done;
-        int started;                    /* worker threads alive (index 1..started) */
+        int started;                    /* worker threads alive */
         unsigned long generation;       /* bumped for every parallel region */
         cbn_task_fn fn; void *ctx;
         Py_ssize_t n, grain;
-        int parts, pending;
+        int chunks, next, in_flight;    /* chunks of the region, next to claim, running */
     } cbn_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
                   PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL, NULL,
-                  0, 1, 0, 0};
+                  0, 1, 0, 0, 0};
+
+    /* Claim and run chunks of the current region until none is left; called and returns
+       with the lock held. */
+    static void cbn_run_chunks(void) {
+        while (cbn_pool.next < cbn_pool.chunks) {
+            int k = cbn_pool.next++;
+            cbn_task_fn fn = cbn_pool.fn; void *ctx = cbn_pool.ctx;
+            Py_ssize_t begin = cbn_part_bound(cbn_pool.n, cbn_pool.grain, cbn_pool.chunks, k);
+            Py_ssize_t end = cbn_part_bound(cbn_pool.n, cbn_pool.grain, cbn_pool.chunks, k + 1);
+            cbn_pool.in_flight++;
+            pthread_mutex_unlock(&cbn_pool.lock);
+            fn(ctx, begin, end, k);
+            pthread_mutex_lock(&cbn_pool.lock);
+            if (--cbn_pool.in_flight == 0 && cbn_pool.next >= cbn_pool.chunks)
+                pthread_cond_signal(&cbn_pool.done);
+        }
+    }
 
     static void *cbn_worker(void *arg) {
-        int k = (int)(intptr_t)arg;
         unsigned long seen;
+        (void)arg;
         pthread_mutex_lock(&cbn_pool.lock);
         /* A worker is created under the lock just before the region it is created for
-           bumps the generation, and that region waits for it: so its first region is the
-           current one. */
+           bumps the generation: that region is its first. */
         seen = cbn_pool.generation - 1;
         for (;;) {
             while (cbn_pool.generation == seen)
                 pthread_cond_wait(&cbn_pool.wake, &cbn_pool.lock);   /* sleeps: no spinning */
             seen = cbn_pool.generation;
-            if (k < cbn_pool.parts) {
-                cbn_task_fn fn = cbn_pool.fn; void *ctx = cbn_pool.ctx;
-                Py_ssize_t begin = cbn_part_bound(cbn_pool.n, cbn_pool.grain, cbn_pool.parts, k);
-                Py_ssize_t end = cbn_part_bound(cbn_pool.n, cbn_pool.grain, cbn_pool.parts, k + 1);
-                pthread_mutex_unlock(&cbn_pool.lock);
-                fn(ctx, begin, end, k);
-                pthread_mutex_lock(&cbn_pool.lock);
-                if (--cbn_pool.pending == 0)
-                    pthread_cond_signal(&cbn_pool.done);
-            }
+            cbn_run_chunks();   /* nothing left if the caller already did it all */
         }
         return NULL;
     }
@@ -103,20 +110,23 @@ cdef extern from *:
         pthread_cond_init(&cbn_pool.wake, NULL);
         pthread_cond_init(&cbn_pool.done, NULL);
         cbn_pool.started = 0;
-        cbn_pool.pending = 0;
+        cbn_pool.chunks = cbn_pool.next = cbn_pool.in_flight = 0;
     }
 
     static int cbn_parallel_threads_supported(void) { return 1; }
 
+    /* The range is cut into a few chunks per thread, claimed one at a time by whichever
+       thread is free: the caller works from the start and waits only for chunks a worker
+       has claimed, so a worker the OS has not yet scheduled (a busy machine) costs nothing. */
     static void cbn_parallel_for(cbn_task_fn fn, void *ctx, Py_ssize_t n, Py_ssize_t grain,
                                  Py_ssize_t min_work) {
         static int fork_handler = 0;
-        int parts = cbn_threads_wanted();
+        int threads = cbn_threads_wanted(), chunks;
         Py_ssize_t n_grains = (n + grain - 1) / grain;
         if (min_work < 1) min_work = 1;
-        if (parts > n / min_work) parts = (int)(n / min_work);
-        if (parts > n_grains) parts = (int)n_grains;
-        if (parts <= 1 || pthread_mutex_trylock(&cbn_pool.use) != 0) {
+        if (threads > n / min_work) threads = (int)(n / min_work);
+        if (threads > n_grains) threads = (int)n_grains;
+        if (threads <= 1 || pthread_mutex_trylock(&cbn_pool.use) != 0) {
             if (n > 0) fn(ctx, 0, n, 0);
             return;
         }
@@ -125,31 +135,31 @@ cdef extern from *:
             fork_handler = 1;
             pthread_atfork(NULL, NULL, cbn_pool_after_fork);
         }
-        while (cbn_pool.started < parts - 1) {
+        while (cbn_pool.started < threads - 1) {
             pthread_t thread;
             pthread_attr_t attr;
             int failed;
             pthread_attr_init(&attr);
             pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-            failed = pthread_create(&thread, &attr, cbn_worker,
-                                    (void *)(intptr_t)(cbn_pool.started + 1));
+            failed = pthread_create(&thread, &attr, cbn_worker, NULL);
             pthread_attr_destroy(&attr);
             if (failed) break;
             cbn_pool.started++;
         }
-        if (parts > cbn_pool.started + 1)
-            parts = cbn_pool.started + 1;   /* fewer threads than asked: the split adapts */
+        chunks = 4 * threads;
+        if (chunks > n_grains) chunks = (int)n_grains;
+        if (chunks > CBN_MAX_THREADS) chunks = CBN_MAX_THREADS;
         cbn_pool.fn = fn; cbn_pool.ctx = ctx; cbn_pool.n = n; cbn_pool.grain = grain;
-        cbn_pool.parts = parts;
-        cbn_pool.pending = parts - 1;
+        cbn_pool.chunks = chunks;
+        cbn_pool.next = 0;
+        cbn_pool.in_flight = 0;
         cbn_pool.generation++;
-        if (parts > 1)
+        if (cbn_pool.started > 0)
             pthread_cond_broadcast(&cbn_pool.wake);
-        pthread_mutex_unlock(&cbn_pool.lock);
-        fn(ctx, 0, cbn_part_bound(n, grain, parts, 1), 0);
-        pthread_mutex_lock(&cbn_pool.lock);
-        while (cbn_pool.pending > 0)
+        cbn_run_chunks();
+        while (cbn_pool.in_flight > 0)
             pthread_cond_wait(&cbn_pool.done, &cbn_pool.lock);
+        cbn_pool.chunks = 0;
         pthread_mutex_unlock(&cbn_pool.lock);
         pthread_mutex_unlock(&cbn_pool.use);
     }
