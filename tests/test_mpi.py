@@ -24,6 +24,7 @@ CHECKS = [
     "input gradients; float32",
     "fit equals one process on the same global batches",
     "validation_data, early stopping, verbose",
+    "a network changed on one rank only is refused",
     "evaluate, predict, save and load with comm",
     "recompute_statistics over all shards",
     "bad input on one rank raises on all ranks and changes nothing",
@@ -175,8 +176,10 @@ def test_batch_rule(counts, batch_size):
     assert all(np.array_equal(a, b) for a, b in zip(again, plans[0]))
 
 
+@needs_mpi
 def test_comm_must_be_a_communicator():
-    pytest.importorskip("mpi4py")
+    if MPIEXEC is None:
+        pytest.fail(f"CBN_REQUIRE_MPI=1 but {WHY_NOT}")
     with pytest.raises(TypeError, match="comm: expected an mpi4py"):
         cbn.Network([3, 4, 2], comm="world")
 

@@ -23,6 +23,7 @@ Per training step, with L batch-norm layers of widths D_l and n parameters:
   bandwidth of a ring allreduce, and deterministic.
 """
 import json
+import zlib
 
 import numpy as np
 
@@ -31,8 +32,12 @@ from cbn import _validation as check
 
 # rows of X checked for finiteness at a time (a memory-mapped shard is never read whole)
 _CHECK_CHUNK_BYTES = 64 << 20
-_ERROR_CODES = {ValueError: 1, TypeError: 2, FloatingPointError: 3}
-_ERROR_TYPES = {code: kind for kind, code in _ERROR_CODES.items()}
+# the kinds of error every rank re-raises as such (others become RuntimeError elsewhere)
+_ERROR_TYPES = {1: ValueError, 2: TypeError, 3: FloatingPointError, 4: OSError}
+
+
+def _error_code(error):
+    return next((code for code, kind in _ERROR_TYPES.items() if isinstance(error, kind)), 5)
 
 
 def _mpi():
@@ -70,7 +75,7 @@ def agree(comm, work, count=None):
         result, error = None, exc
     mine = np.zeros(2, np.int64)
     if error is not None:
-        mine[0] = _ERROR_CODES.get(type(error), 4)
+        mine[0] = _error_code(error)
     elif count is not None:
         mine[1] = count(result)
     table = np.empty((comm.Get_size(), 2), np.int64)
@@ -82,7 +87,7 @@ def agree(comm, work, count=None):
         others = f" (and rank(s) {', '.join(map(str, failed[1:]))})" if failed.size > 1 else ""
         kind = _ERROR_TYPES.get(int(table[first, 0]), RuntimeError)
         text = messages[first]
-        if kind is not RuntimeError:
+        if kind in (ValueError, TypeError, FloatingPointError):   # the type name is implied
             text = text.split(": ", 1)[1]
         raised = kind(f"rank {first}{others}: {text}")
         if error is not None:
@@ -241,6 +246,21 @@ class Sync:
         comm.Allgatherv(_mpi().IN_PLACE, [grads, (chunks, offsets), self._float])
         return loss
 
+    def check_identical(self, net, epoch):
+        """Raise on every rank if a rank's parameters or statistics are not rank 0's.
+
+        Ranks stay identical by construction; this catches a state changed on one rank only
+        (e.g. parameters edited there between steps), once per epoch, for a CRC of the state.
+        """
+        crc = zlib.crc32(net._running, zlib.crc32(net._params))
+        crcs = self.comm.allgather(crc)
+        differ = [r for r, value in enumerate(crcs) if value != crcs[0]]
+        if differ:
+            raise RuntimeError(
+                f"rank {differ[0]}: its parameters or running statistics differ from rank "
+                f"0's after epoch {epoch}; they were changed on some ranks only (every rank "
+                f"must make the same changes to the network)")
+
     def sum_int(self, value):
         """Sum an integer over all ranks (exact)."""
         return self.comm.allreduce(int(value))
@@ -369,7 +389,6 @@ def check_batch(sync, net, X, y, x_name="X", y_name="y"):
                          f"ranks{why}, got {n_total} (rows per rank: {counts.tolist()})")
     sync.n_total = n_total
     return X, targets
-
 
 
 def check_fit(sync, local, has_schedule):

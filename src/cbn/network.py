@@ -5,6 +5,7 @@ so an optimizer step is one kernel call; each layer's W, b, gamma, beta are view
 Per batch size, the work buffers of a training step are allocated once and reused.
 """
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -157,9 +158,9 @@ class Network:
                  optimizer="adam", dtype="float32", bn_momentum=0.1, bn_eps=1e-5,
                  negative_slope=0.01, seed=None, comm=None):
         self._sync = None
-        setup = lambda: self._setup(  # noqa: E731
-            layer_sizes, activation, output, batchnorm, optimizer, dtype, bn_momentum,
-            bn_eps, negative_slope, seed)
+        setup = functools.partial(
+            self._setup, layer_sizes, activation, output, batchnorm, optimizer, dtype,
+            bn_momentum, bn_eps, negative_slope, seed)
         if comm is None:
             setup()
         else:
@@ -405,7 +406,9 @@ class Network:
         """Training-mode loss and gradients on one batch; changes nothing.
 
         Neither the running statistics nor the parameters nor the optimizer move, which
-        makes this the call for finite-difference checks.
+        makes this the call for finite-difference checks. With ``comm``, collective: X is
+        this rank's rows of one global batch, and every rank gets the global loss and
+        gradients (dX: this rank's rows).
 
         Parameters
         ----------
@@ -516,6 +519,20 @@ class Network:
             If a step produces a non-finite loss or gradient; that step is not applied.
         KeyboardInterrupt
             On Ctrl-C, raised after the step in progress completes.
+
+        Notes
+        -----
+        With ``comm``, fit is collective: each rank passes its own shard (of any size, 0
+        rows included; a memory-mapped ``.npy`` array is never copied whole) and
+        ``batch_size`` counts the rows of a global step. Every rank takes the same
+        S = ceil(N / batch_size) steps per epoch (N: the rows of all shards; a 1-row
+        remainder joins the batch before it); each epoch rank r permutes its shard with
+        ``numpy.random.default_rng([key, epoch, r])`` (``key`` drawn per fit call from the
+        network's generator, identical on all ranks) and takes the s-th of S near-equal
+        slices of it as its part of step s (see ``cbn._distributed.epoch_plan``). Every
+        example is used once per epoch; the history, callbacks and ``validation_data``
+        (each rank its own part) see global values; only rank 0 prints. The other
+        arguments must be the same on every rank.
         """
         (epochs, batch_size, verbose, shuffle, weight_decay, callbacks, X, targets,
          validation) = self._check_fit(X, y, epochs, batch_size, shuffle, validation_data,
@@ -570,8 +587,10 @@ class Network:
                             f"fit interrupted in epoch {epoch} after optimizer step "
                             f"{self.optimizer.t}; the network holds that step's state and "
                             f"net.history the completed epochs")
-                if self._sync is not None and with_accuracy:
-                    correct = self._sync.sum_int(correct)
+                if self._sync is not None:
+                    self._sync.check_identical(self, epoch)
+                    if with_accuracy:
+                        correct = self._sync.sum_int(correct)
                 self._end_epoch(history, loss_sum / n_total, correct / n_targets, validation,
                                 start_time)
                 if progress is not None:
