@@ -25,19 +25,19 @@ def _openblas_libraries():
     here = os.path.dirname(os.path.dirname(np.__file__))
     paths = glob.glob(os.path.join(here, "numpy.libs", "*openblas*"))
     paths += glob.glob(os.path.join(here, "numpy", ".dylibs", "*openblas*"))
-    paths += glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "*blas*"))
     return paths
 
 
 def _find_blas_getter():
     """Address of the BLAS's int(void) thread-count function, or None."""
-    candidates = [None] + _openblas_libraries()  # None: symbols already in the process
+    candidates = _openblas_libraries()   # NumPy's own first
     try:
         import threadpoolctl
         candidates += [info["filepath"] for info in threadpoolctl.threadpool_info()
                        if info.get("internal_api") == "openblas"]
     except Exception:  # noqa: BLE001 - threadpoolctl is optional and may fail to inspect
         pass
+    candidates.append(None)  # symbols already global in the process (a system OpenBLAS)
     for path in candidates:
         try:
             lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL) \
