@@ -8,6 +8,7 @@ The formulas are those of the deeplearning.ai lecture, and PyTorch's where they 
               p -= lr * (m / bc1) / (sqrt(v / bc2) + eps),  bc1 = 1 - b1**t, bc2 = 1 - b2**t
 Step-dependent scalars (bc1, bc2) are computed by the caller, once per step; Adam computes in
 the parameters' precision (see adam_update).
+largest_magnitude is the step's divergence check over the flat gradient buffer.
 Reference: Kingma & Ba (2015), arXiv:1412.6980, Algorithm 1.
 """
 from cython cimport floating
