@@ -23,8 +23,9 @@ directives = {
 
 # _capi holds the C-level API (cdef api); cythonize also writes its headers _capi.h and _capi_api.h.
 # _batchnorm_avx2 and _optim_avx2 compile _batchnorm and _optim again, for AVX2 (below).
-MODULES = ["_activations", "_batchnorm", "_batchnorm_avx2", "_losses", "_optim", "_optim_avx2",
-           "_kernels", "_capi", "_inference", "_inference_avx2"]
+# _parallel is the kernels' thread pool (pthreads).
+MODULES = ["_parallel", "_activations", "_batchnorm", "_batchnorm_avx2", "_losses", "_optim",
+           "_optim_avx2", "_kernels", "_capi", "_inference", "_inference_avx2"]
 
 # The AVX2 builds use AVX2 where the target is certain to be x86-64 with GCC or clang (Linux);
 # elsewhere they are plain copies that cbn._dispatch never picks. No fused multiply-add
@@ -41,7 +42,10 @@ def extension(name):
         # cbn_model.c's kernel: never a fused multiply-add (GCC fuses by default in GNU mode
         # where the target has FMA, e.g. aarch64), so every build gives the C library's bits
         compile_args += ["-ffp-contract=off"]
-    return Extension(f"cbn.{name}", [f"src/cbn/{name}.pyx"], extra_compile_args=compile_args)
+    link_args = ["-pthread"] if name == "_parallel" and os.name != "nt" else []
+    compile_args += link_args
+    return Extension(f"cbn.{name}", [f"src/cbn/{name}.pyx"], extra_compile_args=compile_args,
+                     extra_link_args=link_args)
 
 
 setup(

@@ -1,4 +1,4 @@
-"""Speed of one training step: cbn against PyTorch (CPU) and a plain-NumPy network.
+"""Speed of one training step: cbn against PyTorch eager, a jax.jit step and plain NumPy.
 
     python benchmarks/bench.py            # full tables (a few minutes)
     python benchmarks/bench.py --quick    # smoke check (well under a minute)
@@ -8,7 +8,10 @@ A training step is forward + backward + Adam update of a network with batch norm
 hidden layer (relu) and a softmax/cross-entropy output. Every framework runs in its own
 process with the same thread count, after a warm-up; each figure is the median of many
 steps, and the full run repeats every measurement in several rounds (taking the median of
-the rounds), interleaving the frameworks so that a noisy neighbour hurts them alike.
+the rounds), interleaving the frameworks so that a noisy neighbour hurts them alike. The
+header names the BLAS library, its version and the kernel it runs (threadpoolctl, from
+``pip install "cbn[bench]"``); PyTorch and jax columns appear when they are installed.
+The scaling table times cbn's step against batch size and against width next to its floor.
 
 The BLAS floor is the time of the step's matrix products alone (forward W·A, backward dW
 and dA, with preallocated outputs): no framework can train faster than its BLAS.
@@ -37,7 +40,12 @@ CONFIGS = {  # name: (layer sizes, batch size)
     "wide": ([784, 2048, 2048, 10], 1024),
 }
 DTYPES = ("float32", "float64")
-FRAMEWORKS = ("cbn", "torch", "numpy", "blas")
+FRAMEWORKS = ("cbn", "torch", "jax", "numpy", "blas")
+PEERS = ("torch", "jax")  # the frameworks cbn is compared with ("best peer")
+# Scaling: the mnist-sized network against batch size, and [784, w, w, 10] against width w
+SCALING_BATCHES = (64, 128, 256, 512, 1024)
+SCALING_WIDTHS = (128, 256, 512, 1024, 2048)
+SCALING_WIDTH_BATCH = 256
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -102,6 +110,55 @@ def torch_step(sizes, batch, dtype):
         opt.step()
         return loss.item()
     return step
+
+
+def jax_step(sizes, batch, dtype):
+    """The same network as one jax.jit-compiled step: forward, grad, Adam."""
+    import jax
+    if dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import numpy as np
+    X, y = data(sizes, batch, dtype)
+    rng = np.random.default_rng(0)
+    params = []
+    for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
+        params.append({"W": (rng.standard_normal((n_out, n_in)) * np.sqrt(2 / n_in)).astype(dtype),
+                       "gamma": np.ones(n_out, dtype), "beta": np.zeros(n_out, dtype)})
+    params.append({"W": (rng.standard_normal((sizes[-1], sizes[-2])) / np.sqrt(sizes[-2])).astype(dtype),
+                   "b": np.zeros(sizes[-1], dtype)})
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    lr, b1, b2, eps = 1e-4, 0.9, 0.999, 1e-8
+
+    def loss_fn(params, X, y):
+        A = X
+        for layer in params[:-1]:
+            Z = A @ layer["W"].T
+            mean = Z.mean(axis=0)
+            var = ((Z - mean) ** 2).mean(axis=0)
+            A = jax.nn.relu(layer["gamma"] * (Z - mean) * jax.lax.rsqrt(var + 1e-5) + layer["beta"])
+        logits = A @ params[-1]["W"].T + params[-1]["b"]
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1).mean()
+
+    @jax.jit
+    def step(params, m, v, t, X, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, X, y)
+        t = t + 1
+        m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, m, grads)
+        v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, v, grads)
+        c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+        params = jax.tree_util.tree_map(
+            lambda p, m, v: p - lr * (m / c1) / (jnp.sqrt(v / c2) + eps), params, m, v)
+        return params, m, v, t, loss
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    state = [params, zeros, zeros, jnp.asarray(0, dtype), jnp.asarray(X), jnp.asarray(y)]
+
+    def run():
+        params, m, v, t, loss = step(*state)
+        state[:4] = params, m, v, t
+        return loss.block_until_ready()
+    return run
 
 
 class NumpyNet:
@@ -197,7 +254,8 @@ def blas_step(sizes, batch, dtype):
     return step
 
 
-STEPS = {"cbn": cbn_step, "torch": torch_step, "numpy": numpy_step, "blas": blas_step}
+STEPS = {"cbn": cbn_step, "torch": torch_step, "jax": jax_step, "numpy": numpy_step,
+         "blas": blas_step}
 
 
 def reps_for(sizes, batch, quick):
@@ -214,12 +272,31 @@ def run_steps(framework, cases, quick, threads):
     if framework == "torch":
         import torch
         torch.set_num_threads(threads)
+        torch.set_num_interop_threads(threads)
     results = {}
-    for config, dtype in cases:
-        sizes, batch = CONFIGS[config]
+    for case in cases:
+        sizes, batch, dtype = case_shape(case)
         step = STEPS[framework](sizes, batch, dtype)
-        results[f"{config}/{dtype}"] = median_time(step, *reps_for(sizes, batch, quick))
+        results[case] = median_time(step, *reps_for(sizes, batch, quick))
     return results
+
+
+def case_shape(case):
+    """(layer sizes, batch, dtype) of "config/dtype" or "784-512-256-10x256/float32"."""
+    name, dtype = case.split("/")
+    if name in CONFIGS:
+        return (*CONFIGS[name], dtype)
+    sizes, batch = name.split("x")
+    return [int(n) for n in sizes.split("-")], int(batch), dtype
+
+
+def scaling_cases(quick):
+    """The scaling table's cases: by batch (mnist-sized) and by width, float32."""
+    mnist = "-".join(map(str, CONFIGS["mnist"][0]))
+    batches = SCALING_BATCHES[:2] if quick else SCALING_BATCHES
+    widths = SCALING_WIDTHS[:2] if quick else SCALING_WIDTHS
+    return ([f"{mnist}x{b}/float32" for b in batches]
+            + [f"784-{w}-{w}-10x{SCALING_WIDTH_BATCH}/float32" for w in widths])
 
 
 # ---------------------------------------------------------------------- kernels and inference
@@ -303,12 +380,37 @@ def run_inference(framework, quick, threads):
     return results
 
 
+def run_blas_info(quick, threads):
+    """The BLAS NumPy uses: library, version, kernel (threadpoolctl), thread count."""
+    import numpy as np
+    import cbn
+    info = {"numpy": np.__version__, "cbn_threads": cbn.get_num_threads()}
+    try:
+        import threadpoolctl
+    except ImportError:
+        info["note"] = "threadpoolctl is not installed (pip install \"cbn[bench]\"): BLAS unknown"
+        return info
+    blas = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    if blas:
+        b = blas[0]
+        info.update(library=b.get("internal_api"), version=b.get("version"),
+                    kernel=b.get("architecture"), blas_threads=b.get("num_threads"),
+                    threading=b.get("threading_layer"))
+    return info
+
+
 # ---------------------------------------------------------------------- driver
 
 def worker(args):
-    if args.kind == "steps":
-        result = run_steps(args.framework, [tuple(c.split("/")) for c in args.cases],
-                           args.quick, args.threads)
+    if args.framework == "jax" and hasattr(os, "sched_setaffinity"):
+        # XLA sizes some pools by the cores it may use: give it as many as the thread count
+        cores = sorted(os.sched_getaffinity(0))
+        if args.threads < len(cores):
+            os.sched_setaffinity(0, cores[:args.threads])
+    if args.kind == "blas":
+        result = run_blas_info(args.quick, args.threads)
+    elif args.kind == "steps":
+        result = run_steps(args.framework, args.cases, args.quick, args.threads)
     elif args.kind == "kernels":
         result = run_kernels(args.quick, args.threads)
     else:
@@ -320,6 +422,12 @@ def spawn(kind, framework, cases, quick, threads):
     """Run one worker in a fresh process with the thread count fixed; None if it failed."""
     env = dict(os.environ)
     env.update({var: str(threads) for var in THREAD_VARS})
+    env["CBN_NUM_THREADS"] = str(threads)
+    if framework == "jax":  # XLA's CPU thread pool: as many threads as the others
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                            + ("true" if threads > 1 else "false")
+                            + f" intra_op_parallelism_threads={threads}").strip()
+        env["JAX_PLATFORMS"] = "cpu"
     if built_in_place():
         env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--framework", framework,
@@ -331,9 +439,9 @@ def spawn(kind, framework, cases, quick, threads):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def have_torch():
+def have(module):
     import importlib.util
-    return importlib.util.find_spec("torch") is not None
+    return importlib.util.find_spec(module) is not None
 
 
 def median_of_rounds(rounds):
@@ -346,24 +454,28 @@ def collect(quick, threads, rounds):
     configs = ["small", "mnist"] if quick else list(CONFIGS)
     dtypes = ["float32"] if quick else list(DTYPES)
     cases = [f"{c}/{d}" for c in configs for d in dtypes]
-    frameworks = [f for f in FRAMEWORKS if f != "torch" or have_torch()]
-    notes = [] if "torch" in frameworks else ["torch is not installed: its columns are skipped"]
+    scaling = scaling_cases(quick)
+    frameworks = [f for f in FRAMEWORKS if f not in PEERS or have(f)]
+    notes = [f"{f} is not installed: its columns are skipped" for f in PEERS
+             if f not in frameworks]
     raw = {f: [] for f in frameworks}
     raw_inference = {f: [] for f in ("cbn", "torch") if f in frameworks}
     raw_kernels = []
     for _ in range(rounds):
         for f in frameworks:
-            raw[f].append(spawn("steps", f, cases, quick, threads))
+            raw[f].append(spawn("steps", f, cases + (scaling if f in ("cbn", "blas") else []),
+                                quick, threads))
         for f in raw_inference:
             raw_inference[f].append(spawn("inference", f, [], quick, threads))
         raw_kernels.append(spawn("kernels", "cbn", [], quick, threads))
     steps = {f: median_of_rounds(r) for f, r in raw.items()}
     return {
         "threads": threads, "rounds": rounds, "quick": quick, "notes": notes,
-        "cpu": cpu_name(), "steps": steps,
+        "cpu": cpu_name(), "blas": spawn("blas", "cbn", [], quick, threads) or {},
+        "steps": steps,
         "inference": {f: median_of_rounds(r) for f, r in raw_inference.items()},
         "kernels": median_of_rounds(raw_kernels),
-        "cases": cases,
+        "cases": cases, "scaling": scaling,
     }
 
 
@@ -385,28 +497,55 @@ def fmt_time(seconds):
 
 def print_tables(res):
     steps = res["steps"]
-    has_torch = "torch" in steps
+    peers = [f for f in PEERS if f in steps]
+    blas = res.get("blas", {})
     print(f"cbn benchmark: {res['cpu']}, {res['threads']} threads, median of "
           f"{res['rounds']} round(s){' (quick)' if res['quick'] else ''}")
+    if "library" in blas:
+        print(f"BLAS: {blas['library']} {blas['version']}, kernel {blas['kernel']}, "
+              f"{blas['blas_threads']} threads ({blas['threading']}); NumPy {blas['numpy']}; "
+              f"cbn kernels on {blas['cbn_threads']} threads; OPENBLAS_CORETYPE="
+              f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    elif blas:
+        print(f"BLAS: {blas.get('note')}; NumPy {blas.get('numpy')}")
     for note in res["notes"]:
         print("note:", note)
     print()
-    head = ["config/dtype", "cbn ms"] + (["torch ms"] if has_torch else []) + ["numpy ms", "BLAS ms"]
-    head += (["torch/cbn"] if has_torch else []) + ["numpy/cbn", "cbn/BLAS"]
-    head += (["torch/BLAS"] if has_torch else []) + ["numpy/BLAS"]
+    head = ["config/dtype", "cbn ms"] + [f"{f} ms" for f in peers] + ["numpy ms", "BLAS ms"]
+    head += [f"{f}/cbn" for f in peers] + ["numpy/cbn"]
+    head += (["best peer/cbn"] if peers else []) + ["cbn/BLAS"] + [f"{f}/BLAS" for f in peers]
     rows = []
     for case in res["cases"]:
         t = {f: steps[f].get(case) for f in steps}
-        if any(v is None for v in t.values()):
+        if t.get("cbn") is None or t.get("blas") is None or t.get("numpy") is None:
             continue
-        row = [case, fmt_time(t["cbn"])] + ([fmt_time(t["torch"])] if has_torch else [])
+        have_peers = [f for f in peers if t.get(f) is not None]
+        row = [case, fmt_time(t["cbn"])] + [fmt_time(t[f]) if t.get(f) else "-" for f in peers]
         row += [fmt_time(t["numpy"]), fmt_time(t["blas"])]
-        row += ([f"{t['torch'] / t['cbn']:.2f}x"] if has_torch else []) + [f"{t['numpy'] / t['cbn']:.2f}x"]
-        row += [f"{t['cbn'] / t['blas']:.2f}"] + ([f"{t['torch'] / t['blas']:.2f}"] if has_torch else [])
-        row += [f"{t['numpy'] / t['blas']:.2f}"]
+        row += [f"{t[f] / t['cbn']:.2f}x" if t.get(f) else "-" for f in peers]
+        row += [f"{t['numpy'] / t['cbn']:.2f}x"]
+        if peers:
+            row += [f"{min(t[f] for f in have_peers) / t['cbn']:.2f}x" if have_peers else "-"]
+        row += [f"{t['cbn'] / t['blas']:.2f}"]
+        row += [f"{t[f] / t['blas']:.2f}" if t.get(f) else "-" for f in peers]
         rows.append(row)
     print_table("Training step (forward + backward + Adam), median ms per step", head, rows)
     print("x/cbn > 1: cbn is faster.  x/BLAS: step time as a multiple of its matrix products alone.")
+
+    rows = []
+    for case in res.get("scaling", []):
+        c, b = steps.get("cbn", {}).get(case), steps.get("blas", {}).get(case)
+        if c is None or b is None:
+            continue
+        sizes, batch, _ = case_shape(case)
+        flops = 6 * batch * sum(x * y for x, y in zip(sizes[:-1], sizes[1:]))
+        rows.append([str(sizes), str(batch), fmt_time(c), fmt_time(b), f"{c / b:.2f}",
+                     f"{flops / c / 1e9:.1f}", f"{flops / b / 1e9:.1f}"])
+    if rows:
+        print()
+        print_table("Scaling (float32): cbn's step against batch size and width, next to its floor",
+                    ["layer sizes", "batch", "cbn ms", "BLAS ms", "cbn/BLAS", "cbn GFLOP/s",
+                     "BLAS GFLOP/s"], rows)
 
     inf = res["inference"]
     if inf.get("cbn"):
@@ -431,7 +570,8 @@ def print_tables(res):
             for name, label in (("bn_relu_fwd_bwd", "batch norm + relu fwd+bwd"), ("adam", "Adam update")):
                 gbs = k[f"{name}/{dtype}"]
                 rows.append([f"{label} ({dtype})", f"{gbs:.1f}", f"{copy:.1f}", f"{gbs / copy:.2f}"])
-        print_table("Kernels on 64 MiB arrays (beyond the last-level cache)",
+        print_table(f"Kernels on 64 MiB arrays (beyond the last-level cache), "
+                    f"{res['threads']} threads",
                     ["kernel", "GB/s", "copy GB/s", "of copy"], rows)
 
 
@@ -450,7 +590,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="threads for every framework (default: all cores)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3, quick 1)")
-    parser.add_argument("--worker", choices=("steps", "kernels", "inference"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("steps", "kernels", "inference", "blas"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--framework", help=argparse.SUPPRESS)
     parser.add_argument("--cases", nargs="*", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

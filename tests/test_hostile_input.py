@@ -662,6 +662,7 @@ KERNELS = {
     "adam_update": [("param", "io", "n f"), ("m", "io", "n f"), ("v", "io", "n f"),
                     ("grad", "in", "n f"), ("lr", "scalar", "lr"), ("beta1", "scalar", "beta"),
                     ("beta2", "scalar", "beta"), ("eps", "scalar", "eps"), ("t", "scalar", "t")],
+    "largest_magnitude": [("x", "in", "n f")],
 }
 SCALARS = {"act": 1, "slope": 0.01, "eps": 1e-5, "count": 2, "momentum": 0.1, "lr": 0.01,
            "beta": 0.9, "t": 1}

@@ -11,6 +11,7 @@ from cbn.callbacks import EarlyStopping, ExponentialDecay, InverseTimeDecay, Ste
 from cbn.network import History, Layer, Network
 from cbn.optimizers import SGD, Adam, Momentum, Optimizer, RMSprop
 from cbn.plotting import plot_history
+from cbn._threads import get_num_threads, set_num_threads
 
 
 def get_include():
@@ -29,6 +30,6 @@ __all__ = [
     "Network", "Layer", "History",
     "Optimizer", "SGD", "Momentum", "RMSprop", "Adam",
     "InverseTimeDecay", "ExponentialDecay", "StepDecay", "EarlyStopping", "plot_history",
-    "TrainingInterrupted",
+    "TrainingInterrupted", "set_num_threads", "get_num_threads",
     "__version__", "get_include",
 ]

@@ -69,3 +69,44 @@ cdef void batchnorm_backward_finish(
     const double* rstd, const double* sum_dzt, const double* sum_dzt_zc,
     Py_ssize_t N, Py_ssize_t D, double N_total,
 ) noexcept nogil
+
+# Each kernel above restricted to the units [j_begin, j_end) (rows still D long): the unit
+# ranges of different threads share nothing, so the split cannot change a result.
+cdef void batchnorm_activation_forward_units(
+    floating* A, double* mean, double* var, double* rstd, const floating* Z,
+    const floating* gamma, const floating* beta,
+    Py_ssize_t N, Py_ssize_t D, Py_ssize_t j_begin, Py_ssize_t j_end, double eps,
+    int activation, double slope,
+) noexcept nogil
+
+cdef void batchnorm_activation_backward_units(
+    floating* dZ, floating* dgamma, floating* dbeta, const floating* dA, const floating* A,
+    const floating* Z, const floating* gamma, const double* mean, const double* rstd,
+    Py_ssize_t N, Py_ssize_t D, Py_ssize_t j_begin, Py_ssize_t j_end, int activation,
+    double slope,
+) noexcept nogil
+
+cdef void batchnorm_statistics_units(
+    double* mean, double* m2, const floating* Z,
+    Py_ssize_t N, Py_ssize_t D, Py_ssize_t j_begin, Py_ssize_t j_end,
+) noexcept nogil
+
+cdef void batchnorm_activation_apply_units(
+    floating* A, const floating* Z, const floating* gamma, const floating* beta,
+    const double* mean, const double* rstd,
+    Py_ssize_t N, Py_ssize_t D, Py_ssize_t j_begin, Py_ssize_t j_end, int activation,
+    double slope,
+) noexcept nogil
+
+cdef void batchnorm_activation_backward_sums_units(
+    floating* dZt, floating* dgamma, floating* dbeta, double* sum_dzt, double* sum_dzt_zc,
+    const floating* dA, const floating* A, const floating* Z, const double* mean,
+    const double* rstd, Py_ssize_t N, Py_ssize_t D, Py_ssize_t j_begin, Py_ssize_t j_end,
+    int activation, double slope,
+) noexcept nogil
+
+cdef void batchnorm_backward_finish_units(
+    floating* dZ, const floating* Z, const floating* gamma, const double* mean,
+    const double* rstd, const double* sum_dzt, const double* sum_dzt_zc,
+    Py_ssize_t N, Py_ssize_t D, Py_ssize_t j_begin, Py_ssize_t j_end, double N_total,
+) noexcept nogil

@@ -51,6 +51,22 @@ cdef void batchnorm_activation_forward(
     Py_ssize_t N, Py_ssize_t D, double eps, int activation, double slope,
 ) noexcept nogil:
     """Training-mode batch norm + activation; caches mean, var and rstd for backward."""
+    batchnorm_activation_forward_units(
+        A, mean, var, rstd, Z, gamma, beta, N, D, 0, D, eps, activation, slope)
+
+
+cdef void batchnorm_activation_forward_units(
+    floating* A,                # OUT (N, D)  g(gamma * Zhat + beta)
+    double* mean,               # OUT (D,)    batch mean
+    double* var,                # OUT (D,)    biased batch variance
+    double* rstd,               # OUT (D,)    1 / sqrt(var + eps)
+    const floating* Z,          # IN  (N, D)
+    const floating* gamma,      # IN  (D,)
+    const floating* beta,       # IN  (D,)
+    Py_ssize_t N, Py_ssize_t D, Py_ssize_t j_begin, Py_ssize_t j_end, double eps, int activation,
+    double slope,
+) noexcept nogil:
+    """batchnorm_activation_forward on units [j_begin, j_end) only (rows are still D long)."""
     cdef Py_ssize_t i, b, block, j0, width
     cdef double d
     cdef double mu[BLOCK]
@@ -58,9 +74,9 @@ cdef void batchnorm_activation_forward(
     cdef double scale[BLOCK]
     cdef double shift[BLOCK]
     cdef const floating* z
-    for block in range((D + BLOCK - 1) // BLOCK):
-        j0 = block * BLOCK
-        width = min(<Py_ssize_t>BLOCK, D - j0)
+    for block in range((j_end - j_begin + BLOCK - 1) // BLOCK):
+        j0 = j_begin + block * BLOCK
+        width = min(<Py_ssize_t>BLOCK, j_end - j0)
         # mean = Z.mean(axis=0)
         for b in range(width):
             acc[b] = 0.0
@@ -106,6 +122,23 @@ cdef void batchnorm_activation_backward(
 
     dZ may be dA itself: dZt = dA * g'(Z~) is written into dZ first, then rescaled in place.
     """
+    batchnorm_activation_backward_units(
+        dZ, dgamma, dbeta, dA, A, Z, gamma, mean, rstd, N, D, 0, D, activation, slope)
+
+
+cdef void batchnorm_activation_backward_units(
+    floating* dZ,               # OUT (N, D)
+    floating* dgamma,           # OUT (D,)
+    floating* dbeta,            # OUT (D,)
+    const floating* dA,         # IN  (N, D)
+    const floating* A,          # IN  (N, D)  forward output
+    const floating* Z,          # IN  (N, D)  forward input
+    const floating* gamma,      # IN  (D,)
+    const double* mean,         # IN  (D,)    cached by forward
+    const double* rstd,         # IN  (D,)    cached by forward
+    Py_ssize_t N, Py_ssize_t D, Py_ssize_t j_begin, Py_ssize_t j_end, int activation, double slope,
+) noexcept nogil:
+    """batchnorm_activation_backward on units [j_begin, j_end) only (rows are still D long)."""
     cdef Py_ssize_t i, b, block, j0, width
     cdef double r, k
     cdef double mu[BLOCK]
@@ -114,9 +147,9 @@ cdef void batchnorm_activation_backward(
     cdef double c_dzt[BLOCK]
     cdef const floating* z
     cdef floating* dz
-    for block in range((D + BLOCK - 1) // BLOCK):
-        j0 = block * BLOCK
-        width = min(<Py_ssize_t>BLOCK, D - j0)
+    for block in range((j_end - j_begin + BLOCK - 1) // BLOCK):
+        j0 = j_begin + block * BLOCK
+        width = min(<Py_ssize_t>BLOCK, j_end - j0)
         for b in range(width):
             mu[b] = mean[j0 + b]
             sum_dzt[b] = 0.0
@@ -209,14 +242,24 @@ cdef void batchnorm_statistics(
     Py_ssize_t N, Py_ssize_t D,
 ) noexcept nogil:
     """Local two-pass statistics of a part of the batch; needs N >= 1."""
+    batchnorm_statistics_units(mean, m2, Z, N, D, 0, D)
+
+
+cdef void batchnorm_statistics_units(
+    double* mean,               # OUT (D,)    mean of this part's rows
+    double* m2,                 # OUT (D,)    sum of (Z - mean)**2 over those rows
+    const floating* Z,          # IN  (N, D)
+    Py_ssize_t N, Py_ssize_t D, Py_ssize_t j_begin, Py_ssize_t j_end,
+) noexcept nogil:
+    """batchnorm_statistics on units [j_begin, j_end) only (rows are still D long)."""
     cdef Py_ssize_t i, b, block, j0, width
     cdef double d
     cdef double mu[BLOCK]
     cdef double acc[BLOCK]
     cdef const floating* z
-    for block in range((D + BLOCK - 1) // BLOCK):
-        j0 = block * BLOCK
-        width = min(<Py_ssize_t>BLOCK, D - j0)
+    for block in range((j_end - j_begin + BLOCK - 1) // BLOCK):
+        j0 = j_begin + block * BLOCK
+        width = min(<Py_ssize_t>BLOCK, j_end - j0)
         # mean = Z.mean(axis=0)
         for b in range(width):
             acc[b] = 0.0
@@ -248,12 +291,25 @@ cdef void batchnorm_activation_apply(
     Py_ssize_t N, Py_ssize_t D, int activation, double slope,
 ) noexcept nogil:
     """Training-mode normalization + activation from given batch statistics."""
+    batchnorm_activation_apply_units(A, Z, gamma, beta, mean, rstd, N, D, 0, D, activation, slope)
+
+
+cdef void batchnorm_activation_apply_units(
+    floating* A,                # OUT (N, D)  g(gamma * (Z - mean) * rstd + beta)
+    const floating* Z,          # IN  (N, D)
+    const floating* gamma,      # IN  (D,)
+    const floating* beta,       # IN  (D,)
+    const double* mean,         # IN  (D,)    the (global) batch mean
+    const double* rstd,         # IN  (D,)    1 / sqrt(var + eps) of the (global) batch
+    Py_ssize_t N, Py_ssize_t D, Py_ssize_t j_begin, Py_ssize_t j_end, int activation, double slope,
+) noexcept nogil:
+    """batchnorm_activation_apply on units [j_begin, j_end) only (rows are still D long)."""
     cdef Py_ssize_t i, b, block, j0, width
     cdef double scale[BLOCK]
     cdef double shift[BLOCK]
-    for block in range((D + BLOCK - 1) // BLOCK):
-        j0 = block * BLOCK
-        width = min(<Py_ssize_t>BLOCK, D - j0)
+    for block in range((j_end - j_begin + BLOCK - 1) // BLOCK):
+        j0 = j_begin + block * BLOCK
+        width = min(<Py_ssize_t>BLOCK, j_end - j0)
         for b in range(width):
             scale[b] = gamma[j0 + b] * rstd[j0 + b]
             shift[b] = beta[j0 + b] - mean[j0 + b] * scale[b]
@@ -276,15 +332,34 @@ cdef void batchnorm_activation_backward_sums(
     Py_ssize_t N, Py_ssize_t D, int activation, double slope,
 ) noexcept nogil:
     """First half of the backward (pass 1 of batchnorm_activation_backward) on a part."""
+    batchnorm_activation_backward_sums_units(
+        dZt, dgamma, dbeta, sum_dzt, sum_dzt_zc, dA, A, Z, mean, rstd, N, D, 0, D, activation,
+        slope)
+
+
+cdef void batchnorm_activation_backward_sums_units(
+    floating* dZt,              # OUT (N, D)  dA * g'(Z~); may be dA itself
+    floating* dgamma,           # OUT (D,)    this part's share: sum_dzt_zc * rstd
+    floating* dbeta,            # OUT (D,)    this part's share: sum_dzt
+    double* sum_dzt,            # OUT (D,)    dZt.sum(0)
+    double* sum_dzt_zc,         # OUT (D,)    (dZt * (Z - mean)).sum(0)
+    const floating* dA,         # IN  (N, D)
+    const floating* A,          # IN  (N, D)  forward output
+    const floating* Z,          # IN  (N, D)  forward input
+    const double* mean,         # IN  (D,)    global batch mean
+    const double* rstd,         # IN  (D,)    global rstd
+    Py_ssize_t N, Py_ssize_t D, Py_ssize_t j_begin, Py_ssize_t j_end, int activation, double slope,
+) noexcept nogil:
+    """batchnorm_activation_backward_sums on units [j_begin, j_end) only (rows are still D long)."""
     cdef Py_ssize_t i, b, block, j0, width
     cdef double mu[BLOCK]
     cdef double s[BLOCK]
     cdef double s_zc[BLOCK]
     cdef const floating* z
     cdef floating* dz
-    for block in range((D + BLOCK - 1) // BLOCK):
-        j0 = block * BLOCK
-        width = min(<Py_ssize_t>BLOCK, D - j0)
+    for block in range((j_end - j_begin + BLOCK - 1) // BLOCK):
+        j0 = j_begin + block * BLOCK
+        width = min(<Py_ssize_t>BLOCK, j_end - j0)
         for b in range(width):
             mu[b] = mean[j0 + b]
             s[b] = 0.0
@@ -314,6 +389,21 @@ cdef void batchnorm_backward_finish(
     Py_ssize_t N, Py_ssize_t D, double N_total,
 ) noexcept nogil:
     """Second half (pass 2): dZ = gamma*rstd*(dZt - dbeta/N - Zhat*dgamma/N), N global."""
+    batchnorm_backward_finish_units(
+        dZ, Z, gamma, mean, rstd, sum_dzt, sum_dzt_zc, N, D, 0, D, N_total)
+
+
+cdef void batchnorm_backward_finish_units(
+    floating* dZ,               # IN/OUT (N, D)  dZt in, dZ out
+    const floating* Z,          # IN  (N, D)  forward input
+    const floating* gamma,      # IN  (D,)
+    const double* mean,         # IN  (D,)    global batch mean
+    const double* rstd,         # IN  (D,)    global rstd
+    const double* sum_dzt,      # IN  (D,)    global dbeta
+    const double* sum_dzt_zc,   # IN  (D,)    global sum of dZt * (Z - mean)
+    Py_ssize_t N, Py_ssize_t D, Py_ssize_t j_begin, Py_ssize_t j_end, double N_total,
+) noexcept nogil:
+    """batchnorm_backward_finish on units [j_begin, j_end) only (rows are still D long)."""
     cdef Py_ssize_t i, b, block, j0, width
     cdef double r, k
     cdef double mu[BLOCK]
@@ -322,9 +412,9 @@ cdef void batchnorm_backward_finish(
     cdef double c_0[BLOCK]
     cdef const floating* z
     cdef floating* dz
-    for block in range((D + BLOCK - 1) // BLOCK):
-        j0 = block * BLOCK
-        width = min(<Py_ssize_t>BLOCK, D - j0)
+    for block in range((j_end - j_begin + BLOCK - 1) // BLOCK):
+        j0 = j_begin + block * BLOCK
+        width = min(<Py_ssize_t>BLOCK, j_end - j0)
         for b in range(width):
             r = rstd[j0 + b]
             k = gamma[j0 + b] * r

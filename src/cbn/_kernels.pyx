@@ -421,6 +421,17 @@ def adam_update(
                               bias_correction1, bias_correction2)
 
 
+def largest_magnitude(const floating[::1] x not None):
+    """max |x| over all elements (0.0 if empty), NaN if x holds a NaN: the divergence check."""
+    cdef Py_ssize_t n = x.shape[0]
+    cdef double largest
+    if n == 0:
+        return 0.0
+    with nogil:
+        largest = _dispatch.largest_magnitude(&x[0], n)
+    return largest
+
+
 def _instruction_set():
     """Which build of the batch-norm and optimizer kernels runs: "avx2" or "baseline"."""
     return "avx2" if _dispatch.use_avx2() else "baseline"
@@ -454,6 +465,7 @@ _ARRAY_ARGUMENTS = {
     "momentum_update": "param:1fw velocity:1fw grad:1f",
     "rmsprop_update": "param:1fw sq_avg:1fw grad:1f",
     "adam_update": "param:1fw m:1fw v:1fw grad:1f",
+    "largest_magnitude": "x:1f",
 }
 # integer scalars and the C type that holds them; every other scalar is a C double
 _INT_RANGES = {"activation": (-2**31, 2**31 - 1), "N": (-2**63, 2**63 - 1),

@@ -31,3 +31,8 @@ cdef void adam_update(
     Py_ssize_t n, double lr, double beta1, double beta2, double eps,
     double bias_correction1, double bias_correction2,
 ) noexcept nogil
+
+cdef double largest_magnitude(
+    const floating* x,          # IN (n,)
+    Py_ssize_t n,
+) noexcept nogil

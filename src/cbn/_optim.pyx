@@ -8,6 +8,7 @@ The formulas are those of the deeplearning.ai lecture, and PyTorch's where they 
               p -= lr * (m / bc1) / (sqrt(v / bc2) + eps),  bc1 = 1 - b1**t, bc2 = 1 - b2**t
 Step-dependent scalars (bc1, bc2) are computed by the caller, once per step; Adam computes in
 the parameters' precision (see adam_update).
+largest_magnitude is the step's divergence check over the flat gradient buffer.
 Reference: Kingma & Ba (2015), arXiv:1412.6980, Algorithm 1.
 """
 from cython cimport floating
@@ -85,3 +86,55 @@ cdef void adam_update(
         v[i] = v_i
         # p -= lr * (m / bc1) / (sqrt(v / bc2) + eps)
         param[i] = param[i] - step_size * m_i / (<floating>sqrt(v_i) * inv_root_bc2 + eps_)
+
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* |x| of an IEEE float, as its bits with the sign cleared, orders like an integer:
+       finite values below inf below every NaN. So the integer maximum of those bits is
+       max |x|, or a NaN if x holds one: an integer reduction, which compilers vectorize
+       (a floating-point maximum they do not, without fast-math) and which is exact. */
+    static double cbn_largest_magnitude_f(const float *x, Py_ssize_t n) {
+        int32_t largest = 0, bits;
+        float result;
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) {
+            memcpy(&bits, x + i, sizeof bits);
+            bits &= 0x7fffffff;
+            largest = bits > largest ? bits : largest;
+        }
+        memcpy(&result, &largest, sizeof result);
+        return result;
+    }
+    static double cbn_largest_magnitude_d(const double *x, Py_ssize_t n) {
+        int64_t largest = 0, bits;
+        double result;
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) {
+            memcpy(&bits, x + i, sizeof bits);
+            bits &= INT64_C(0x7fffffffffffffff);
+            largest = bits > largest ? bits : largest;
+        }
+        memcpy(&result, &largest, sizeof result);
+        return result;
+    }
+    """
+    double cbn_largest_magnitude_f(const float* x, Py_ssize_t n) noexcept nogil
+    double cbn_largest_magnitude_d(const double* x, Py_ssize_t n) noexcept nogil
+
+
+cdef double largest_magnitude(
+    const floating* x,          # IN (n,)
+    Py_ssize_t n,
+) noexcept nogil:
+    """max |x| over n elements (0 for n = 0), NaN if any element is NaN: the divergence check.
+
+    One pass; the maximum does not depend on the order of the elements, so any split of
+    the buffer among threads gives the same result.
+    """
+    if floating is float:
+        return cbn_largest_magnitude_f(x, n)
+    else:
+        return cbn_largest_magnitude_d(x, n)

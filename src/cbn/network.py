@@ -381,8 +381,8 @@ class Network:
         loss = self._forward_backward(X, targets, self._workspace(X.shape[0]))
         if self._weight_decay:  # only inside fit(weight_decay=...)
             self._add_weight_decay()
-        # NaN propagates through maximum/minimum; inf or a huge value fails the bound
-        largest = max(np.maximum.reduce(self._grads), -np.minimum.reduce(self._grads))
+        # one threaded pass; NaN comes back as NaN, inf or a huge value fails the bound
+        largest = _kernels.largest_magnitude(self._grads)
         if not (math.isfinite(loss) and largest <= _GRADIENT_LIMIT[self.dtype]):
             raise FloatingPointError(
                 f"training diverged at optimizer step {self.optimizer.t + 1}: the loss or a "
