@@ -148,19 +148,152 @@ static void cbn__k##U##_##H##_##S(const T *xT, size_t ld, const T *W, size_t K, 
 
 #define CBN_CALL(S, U, H) cbn__k##U##_##H##_##S(xg, ld, Wj, K, zg)
 
+#ifdef CBN_VECTORS
+/* Few rows (at most CBN_FEW_ROWS, one group): lanes run across units instead, so no lane
+   is wasted on missing rows. Tiles of LANES units x LANES k of W are transposed in registers
+   (t[kk] holds W[u][k + kk] in lane u), and each lane still adds its products in the order
+   k = 0, 1, ..., K-1: the same sequence per element as the row kernels, the same bits. */
+#define CBN_FEW_ROWS 4
+#ifdef __clang__
+#define CBN_SHUFFLE(a, b, M, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define CBN_SHUFFLE(a, b, M, ...) __builtin_shuffle(a, b, (M){__VA_ARGS__})
+#endif
+typedef int32_t cbn__mf __attribute__((vector_size(CBN_VECTOR_BYTES)));
+typedef int64_t cbn__md __attribute__((vector_size(CBN_VECTOR_BYTES)));
+
+/* t[k] lane u = a[u] lane k, for LANES x LANES tiles (LANES 2, 4 or 8) */
+static inline void cbn__transpose_f32(const cbn__vf *a, cbn__vf *t) {
+#if CBN_LANES_F32 == 8
+    cbn__vf b[8], c[8];
+    int u;
+    for (u = 0; u < 8; u += 2) {
+        b[u] = CBN_SHUFFLE(a[u], a[u + 1], cbn__mf, 0, 8, 1, 9, 4, 12, 5, 13);
+        b[u + 1] = CBN_SHUFFLE(a[u], a[u + 1], cbn__mf, 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (u = 0; u < 8; u += 4) {
+        c[u] = CBN_SHUFFLE(b[u], b[u + 2], cbn__mf, 0, 1, 8, 9, 4, 5, 12, 13);
+        c[u + 1] = CBN_SHUFFLE(b[u], b[u + 2], cbn__mf, 2, 3, 10, 11, 6, 7, 14, 15);
+        c[u + 2] = CBN_SHUFFLE(b[u + 1], b[u + 3], cbn__mf, 0, 1, 8, 9, 4, 5, 12, 13);
+        c[u + 3] = CBN_SHUFFLE(b[u + 1], b[u + 3], cbn__mf, 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    for (u = 0; u < 4; u++) {
+        t[u] = CBN_SHUFFLE(c[u], c[u + 4], cbn__mf, 0, 1, 2, 3, 8, 9, 10, 11);
+        t[u + 4] = CBN_SHUFFLE(c[u], c[u + 4], cbn__mf, 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+#else
+    cbn__vf b0 = CBN_SHUFFLE(a[0], a[1], cbn__mf, 0, 4, 1, 5);
+    cbn__vf b1 = CBN_SHUFFLE(a[0], a[1], cbn__mf, 2, 6, 3, 7);
+    cbn__vf b2 = CBN_SHUFFLE(a[2], a[3], cbn__mf, 0, 4, 1, 5);
+    cbn__vf b3 = CBN_SHUFFLE(a[2], a[3], cbn__mf, 2, 6, 3, 7);
+    t[0] = CBN_SHUFFLE(b0, b2, cbn__mf, 0, 1, 4, 5);
+    t[1] = CBN_SHUFFLE(b0, b2, cbn__mf, 2, 3, 6, 7);
+    t[2] = CBN_SHUFFLE(b1, b3, cbn__mf, 0, 1, 4, 5);
+    t[3] = CBN_SHUFFLE(b1, b3, cbn__mf, 2, 3, 6, 7);
+#endif
+}
+
+static inline void cbn__transpose_f64(const cbn__vd *a, cbn__vd *t) {
+#if CBN_LANES_F64 == 4
+    cbn__vd b0 = CBN_SHUFFLE(a[0], a[1], cbn__md, 0, 4, 2, 6);
+    cbn__vd b1 = CBN_SHUFFLE(a[0], a[1], cbn__md, 1, 5, 3, 7);
+    cbn__vd b2 = CBN_SHUFFLE(a[2], a[3], cbn__md, 0, 4, 2, 6);
+    cbn__vd b3 = CBN_SHUFFLE(a[2], a[3], cbn__md, 1, 5, 3, 7);
+    t[0] = CBN_SHUFFLE(b0, b2, cbn__md, 0, 1, 4, 5);
+    t[1] = CBN_SHUFFLE(b1, b3, cbn__md, 0, 1, 4, 5);
+    t[2] = CBN_SHUFFLE(b0, b2, cbn__md, 2, 3, 6, 7);
+    t[3] = CBN_SHUFFLE(b1, b3, cbn__md, 2, 3, 6, 7);
+#else
+    t[0] = CBN_SHUFFLE(a[0], a[1], cbn__md, 0, 2);
+    t[1] = CBN_SHUFFLE(a[0], a[1], cbn__md, 1, 3);
+#endif
+}
+
+/* zT[u*G + r] = sum_k xT[k*G + r] * W[u*K + k] for rows r < R and units u < P*LANES
+   (P panels of LANES units side by side hide the adds' latency). */
+#define CBN_UNROLL _Pragma("GCC unroll 16")
+#define CBN_FEW_KERNEL(S, T, V, LANES, R, P) \
+static void cbn__few##R##_##P##_##S(const T *xT, size_t G, const T *W, size_t K, T *zT) { \
+    V acc[R][P], a[P][LANES], t[P][LANES]; \
+    const V zero = {0}; \
+    size_t k; \
+    int r, p, u; \
+    CBN_UNROLL for (r = 0; r < (R); r++) CBN_UNROLL for (p = 0; p < (P); p++) acc[r][p] = zero; \
+    for (k = 0; k + (LANES) <= K; k += (LANES)) { \
+        CBN_UNROLL for (p = 0; p < (P); p++) { \
+            CBN_UNROLL for (u = 0; u < (LANES); u++) \
+                memcpy(&a[p][u], W + ((size_t)(p * (LANES) + u)) * K + k, sizeof(V)); \
+            cbn__transpose_##S(a[p], t[p]); \
+        } \
+        CBN_UNROLL for (u = 0; u < (LANES); u++) \
+            CBN_UNROLL for (r = 0; r < (R); r++) { \
+                const T x = xT[(k + u) * G + r]; \
+                CBN_UNROLL for (p = 0; p < (P); p++) acc[r][p] = acc[r][p] + x * t[p][u]; \
+            } \
+    } \
+    for (; k < K; k++) \
+        CBN_UNROLL for (p = 0; p < (P); p++) { \
+            T w[LANES]; \
+            CBN_UNROLL for (u = 0; u < (LANES); u++) w[u] = W[((size_t)(p * (LANES) + u)) * K + k]; \
+            memcpy(&t[p][0], w, sizeof(V)); \
+            CBN_UNROLL for (r = 0; r < (R); r++) acc[r][p] = acc[r][p] + xT[k * G + r] * t[p][0]; \
+        } \
+    for (r = 0; r < (R); r++) \
+        for (p = 0; p < (P); p++) { \
+            T z[LANES]; \
+            memcpy(z, &acc[r][p], sizeof(V)); \
+            for (u = 0; u < (LANES); u++) zT[(size_t)(p * (LANES) + u) * G + r] = z[u]; \
+        } \
+}
+#define CBN_FEW_KERNELS(S, T, V, LANES) \
+    CBN_FEW_KERNEL(S, T, V, LANES, 1, 1) CBN_FEW_KERNEL(S, T, V, LANES, 2, 1) \
+    CBN_FEW_KERNEL(S, T, V, LANES, 3, 1) CBN_FEW_KERNEL(S, T, V, LANES, 4, 1) \
+    CBN_FEW_KERNEL(S, T, V, LANES, 1, 2) CBN_FEW_KERNEL(S, T, V, LANES, 2, 2)
+#define CBN_FEW_CALL(S, R, P) cbn__few##R##_##P##_##S(xT, ld, W + j0 * K, K, zT + j0 * ld)
+/* Units j0.. of zT for rows < R through the few-rows kernels; returns the first unit left
+   (fewer than LANES units remain for the row kernels). */
+#define CBN_FEW_GEMM(S, T, LANES) \
+static size_t cbn__few_gemm_##S(const T *xT, size_t rows, const T *W, size_t K, size_t n_out, \
+                                T *zT) { \
+    const size_t ld = 2 * (LANES); \
+    size_t j0 = 0; \
+    /* two panels side by side hide the adds' latency; from 3 rows on, one (registers) */ \
+    for (; rows <= 2 && j0 + 2 * (LANES) <= n_out; j0 += 2 * (LANES)) { \
+        if (rows == 1) CBN_FEW_CALL(S, 1, 2); else CBN_FEW_CALL(S, 2, 2); \
+    } \
+    for (; j0 + (LANES) <= n_out; j0 += (LANES)) \
+        switch (rows) { \
+        case 1: CBN_FEW_CALL(S, 1, 1); break; case 2: CBN_FEW_CALL(S, 2, 1); break; \
+        case 3: CBN_FEW_CALL(S, 3, 1); break; default: CBN_FEW_CALL(S, 4, 1); break; \
+        } \
+    return j0; \
+}
+#else
+#define CBN_FEW_ROWS 0
+#define CBN_FEW_KERNELS(S, T, V, LANES)
+#define CBN_FEW_GEMM(S, T, LANES) \
+static size_t cbn__few_gemm_##S(const T *xT, size_t rows, const T *W, size_t K, size_t n_out, \
+                                T *zT) { \
+    (void)xT; (void)rows; (void)W; (void)K; (void)n_out; (void)zT; \
+    return 0; \
+}
+#endif
+
 /* Everything that depends on the element type T, instantiated for float and double. */
 #define CBN_DEFINE(S, T, V, LANES, T_MAX, ROW_BLOCK) \
 CBN_KERNELS(S, T, V, LANES, 1) CBN_KERNELS(S, T, V, LANES, 2) \
+CBN_FEW_KERNELS(S, T, V, LANES) CBN_FEW_GEMM(S, T, LANES) \
 \
 /* zT = W (n_out x K) times xT over `groups` row groups; the last group has one vector of \
    rows when half_last is set. Activations are stored group by group: element (k, r) of a \
    layer n wide at ((r / G) * n + k) * G + r % G, G = 2 * LANES rows, so the microkernel \
    reads and writes contiguous vectors. */ \
-static void cbn__gemm_##S(const T *xT, size_t groups, int half_last, const T *W, size_t K, \
-                          size_t n_out, T *zT) { \
-    const size_t ld = 2 * LANES; \
-    size_t j0, g; \
-    for (j0 = 0; j0 < n_out; j0 += CBN_UNITS) { \
+static void cbn__gemm_##S(const T *xT, size_t rows, const T *W, size_t K, size_t n_out, \
+                          T *zT) { \
+    const size_t ld = 2 * LANES, groups = (rows + ld - 1) / ld; \
+    const int half_last = rows - (groups - 1) * ld <= LANES; \
+    size_t j0 = rows <= CBN_FEW_ROWS ? cbn__few_gemm_##S(xT, rows, W, K, n_out, zT) : 0, g; \
+    for (; j0 < n_out; j0 += CBN_UNITS) { \
         size_t units = n_out - j0 < CBN_UNITS ? n_out - j0 : CBN_UNITS; \
         const T *Wj = W + j0 * K; \
         for (g = 0; g < groups; g++) { \
@@ -257,7 +390,6 @@ static int cbn__forward_##S(const cbn_model *m, const T *X, size_t n_rows, T *ou
     for (r0 = 0; r0 < n_rows; r0 += ROW_BLOCK) { \
         size_t rows = n_rows - r0 < ROW_BLOCK ? n_rows - r0 : ROW_BLOCK; \
         size_t groups = (rows + group - 1) / group; \
-        int half_last = rows - (groups - 1) * group <= LANES; \
         const T *a = buf0; \
         for (r = 0; r < groups * group; r++) { \
             T *dst = buf0 + (r / group) * n_in * group + r % group; \
@@ -270,7 +402,7 @@ static int cbn__forward_##S(const cbn_model *m, const T *X, size_t n_rows, T *ou
         for (l = 0; l < L; l++) { \
             const cbn_layer *ly = &m->layers[l]; \
             T *z = a == buf0 ? buf1 : buf0; \
-            cbn__gemm_##S(a, groups, half_last, (const T *)ly->W, ly->n_in, ly->n_out, z); \
+            cbn__gemm_##S(a, rows, (const T *)ly->W, ly->n_in, ly->n_out, z); \
             if (l < L - 1) \
                 cbn__activate_##S(z, rows, ly->n_out, (const T *)ly->scale, \
                                   (const T *)ly->shift, m->activation, m->slope); \
