@@ -159,33 +159,64 @@ static void cbn__k##U##_##H##_##S(const T *xT, size_t ld, const T *W, size_t K, 
 #else
 #define CBN_SHUFFLE(a, b, M, ...) __builtin_shuffle(a, b, (M){__VA_ARGS__})
 #endif
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define CBN_HAS_SHUFFLEVECTOR 1
+#endif
+#endif
+/* a 32-byte vector from two 16-byte loads (AVX: one vinsertf128) */
+#ifdef CBN_HAS_SHUFFLEVECTOR
+#define CBN_PAIR(out, V16, lo, hi) do { \
+        V16 l_, h_; \
+        memcpy(&l_, lo, 16); \
+        memcpy(&h_, hi, 16); \
+        out = __builtin_shufflevector(l_, h_, 0, 1, 2, 3, 4, 5, 6, 7); \
+    } while (0)
+#define CBN_PAIR_D(out, V16, lo, hi) do { \
+        V16 l_, h_; \
+        memcpy(&l_, lo, 16); \
+        memcpy(&h_, hi, 16); \
+        out = __builtin_shufflevector(l_, h_, 0, 1, 2, 3); \
+    } while (0)
+#else
+#define CBN_PAIR(out, V16, lo, hi) do { \
+        memcpy(&out, lo, 16); \
+        memcpy((char *)&out + 16, hi, 16); \
+    } while (0)
+#define CBN_PAIR_D CBN_PAIR
+#endif
 typedef int32_t cbn__mf __attribute__((vector_size(CBN_VECTOR_BYTES)));
 typedef int64_t cbn__md __attribute__((vector_size(CBN_VECTOR_BYTES)));
 
-/* t[k] lane u = a[u] lane k, for LANES x LANES tiles (LANES 2, 4 or 8) */
-static inline void cbn__transpose_f32(const cbn__vf *a, cbn__vf *t) {
+/* t[kk] lane u = W[u*K + k + kk]: a LANES x LANES tile of W transposed (LANES 2, 4 or 8) */
+static inline void cbn__tile_f32(const float *W, size_t K, size_t k, cbn__vf *t) {
 #if CBN_LANES_F32 == 8
-    cbn__vf b[8], c[8];
-    int u;
+    /* a[u] = W[u][k+4h..] | W[u+4][k+4h..] (two 16-byte loads), then 4x4 transposes within
+       each 128-bit half: no lane-crossing shuffle */
+    typedef float cbn__v4f __attribute__((vector_size(16)));
+    cbn__vf a[8], b[8];
+    int u, h;
+    for (h = 0; h < 2; h++)
+        for (u = 0; u < 4; u++)
+            CBN_PAIR(a[4 * h + u], cbn__v4f, W + u * K + k + 4 * h, W + (u + 4) * K + k + 4 * h);
     for (u = 0; u < 8; u += 2) {
         b[u] = CBN_SHUFFLE(a[u], a[u + 1], cbn__mf, 0, 8, 1, 9, 4, 12, 5, 13);
         b[u + 1] = CBN_SHUFFLE(a[u], a[u + 1], cbn__mf, 2, 10, 3, 11, 6, 14, 7, 15);
     }
     for (u = 0; u < 8; u += 4) {
-        c[u] = CBN_SHUFFLE(b[u], b[u + 2], cbn__mf, 0, 1, 8, 9, 4, 5, 12, 13);
-        c[u + 1] = CBN_SHUFFLE(b[u], b[u + 2], cbn__mf, 2, 3, 10, 11, 6, 7, 14, 15);
-        c[u + 2] = CBN_SHUFFLE(b[u + 1], b[u + 3], cbn__mf, 0, 1, 8, 9, 4, 5, 12, 13);
-        c[u + 3] = CBN_SHUFFLE(b[u + 1], b[u + 3], cbn__mf, 2, 3, 10, 11, 6, 7, 14, 15);
-    }
-    for (u = 0; u < 4; u++) {
-        t[u] = CBN_SHUFFLE(c[u], c[u + 4], cbn__mf, 0, 1, 2, 3, 8, 9, 10, 11);
-        t[u + 4] = CBN_SHUFFLE(c[u], c[u + 4], cbn__mf, 4, 5, 6, 7, 12, 13, 14, 15);
+        t[u] = CBN_SHUFFLE(b[u], b[u + 2], cbn__mf, 0, 1, 8, 9, 4, 5, 12, 13);
+        t[u + 1] = CBN_SHUFFLE(b[u], b[u + 2], cbn__mf, 2, 3, 10, 11, 6, 7, 14, 15);
+        t[u + 2] = CBN_SHUFFLE(b[u + 1], b[u + 3], cbn__mf, 0, 1, 8, 9, 4, 5, 12, 13);
+        t[u + 3] = CBN_SHUFFLE(b[u + 1], b[u + 3], cbn__mf, 2, 3, 10, 11, 6, 7, 14, 15);
     }
 #else
-    cbn__vf b0 = CBN_SHUFFLE(a[0], a[1], cbn__mf, 0, 4, 1, 5);
-    cbn__vf b1 = CBN_SHUFFLE(a[0], a[1], cbn__mf, 2, 6, 3, 7);
-    cbn__vf b2 = CBN_SHUFFLE(a[2], a[3], cbn__mf, 0, 4, 1, 5);
-    cbn__vf b3 = CBN_SHUFFLE(a[2], a[3], cbn__mf, 2, 6, 3, 7);
+    cbn__vf a[4], b0, b1, b2, b3;
+    int u;
+    for (u = 0; u < 4; u++) memcpy(&a[u], W + u * K + k, sizeof(cbn__vf));
+    b0 = CBN_SHUFFLE(a[0], a[1], cbn__mf, 0, 4, 1, 5);
+    b1 = CBN_SHUFFLE(a[0], a[1], cbn__mf, 2, 6, 3, 7);
+    b2 = CBN_SHUFFLE(a[2], a[3], cbn__mf, 0, 4, 1, 5);
+    b3 = CBN_SHUFFLE(a[2], a[3], cbn__mf, 2, 6, 3, 7);
     t[0] = CBN_SHUFFLE(b0, b2, cbn__mf, 0, 1, 4, 5);
     t[1] = CBN_SHUFFLE(b0, b2, cbn__mf, 2, 3, 6, 7);
     t[2] = CBN_SHUFFLE(b1, b3, cbn__mf, 0, 1, 4, 5);
@@ -193,19 +224,25 @@ static inline void cbn__transpose_f32(const cbn__vf *a, cbn__vf *t) {
 #endif
 }
 
-static inline void cbn__transpose_f64(const cbn__vd *a, cbn__vd *t) {
+static inline void cbn__tile_f64(const double *W, size_t K, size_t k, cbn__vd *t) {
 #if CBN_LANES_F64 == 4
-    cbn__vd b0 = CBN_SHUFFLE(a[0], a[1], cbn__md, 0, 4, 2, 6);
-    cbn__vd b1 = CBN_SHUFFLE(a[0], a[1], cbn__md, 1, 5, 3, 7);
-    cbn__vd b2 = CBN_SHUFFLE(a[2], a[3], cbn__md, 0, 4, 2, 6);
-    cbn__vd b3 = CBN_SHUFFLE(a[2], a[3], cbn__md, 1, 5, 3, 7);
-    t[0] = CBN_SHUFFLE(b0, b2, cbn__md, 0, 1, 4, 5);
-    t[1] = CBN_SHUFFLE(b1, b3, cbn__md, 0, 1, 4, 5);
-    t[2] = CBN_SHUFFLE(b0, b2, cbn__md, 2, 3, 6, 7);
-    t[3] = CBN_SHUFFLE(b1, b3, cbn__md, 2, 3, 6, 7);
+    /* a[h] = W[h][k+2c..] | W[h+2][k+2c..]: 2x2 transposes within each 128-bit half */
+    typedef double cbn__v2d __attribute__((vector_size(16)));
+    cbn__vd a[4];
+    int c, u;
+    for (c = 0; c < 2; c++)
+        for (u = 0; u < 2; u++)
+            CBN_PAIR_D(a[2 * c + u], cbn__v2d, W + u * K + k + 2 * c, W + (u + 2) * K + k + 2 * c);
+    for (c = 0; c < 2; c++) {
+        t[2 * c] = CBN_SHUFFLE(a[2 * c], a[2 * c + 1], cbn__md, 0, 4, 2, 6);
+        t[2 * c + 1] = CBN_SHUFFLE(a[2 * c], a[2 * c + 1], cbn__md, 1, 5, 3, 7);
+    }
 #else
-    t[0] = CBN_SHUFFLE(a[0], a[1], cbn__md, 0, 2);
-    t[1] = CBN_SHUFFLE(a[0], a[1], cbn__md, 1, 3);
+    cbn__vd a0, a1;
+    memcpy(&a0, W + k, sizeof(cbn__vd));
+    memcpy(&a1, W + K + k, sizeof(cbn__vd));
+    t[0] = CBN_SHUFFLE(a0, a1, cbn__md, 0, 2);
+    t[1] = CBN_SHUFFLE(a0, a1, cbn__md, 1, 3);
 #endif
 }
 
@@ -214,17 +251,14 @@ static inline void cbn__transpose_f64(const cbn__vd *a, cbn__vd *t) {
 #define CBN_UNROLL _Pragma("GCC unroll 16")
 #define CBN_FEW_KERNEL(S, T, V, LANES, R, P) \
 static void cbn__few##R##_##P##_##S(const T *xT, size_t G, const T *W, size_t K, T *zT) { \
-    V acc[R][P], a[P][LANES], t[P][LANES]; \
+    V acc[R][P], t[P][LANES]; \
     const V zero = {0}; \
     size_t k; \
     int r, p, u; \
     CBN_UNROLL for (r = 0; r < (R); r++) CBN_UNROLL for (p = 0; p < (P); p++) acc[r][p] = zero; \
     for (k = 0; k + (LANES) <= K; k += (LANES)) { \
-        CBN_UNROLL for (p = 0; p < (P); p++) { \
-            CBN_UNROLL for (u = 0; u < (LANES); u++) \
-                memcpy(&a[p][u], W + ((size_t)(p * (LANES) + u)) * K + k, sizeof(V)); \
-            cbn__transpose_##S(a[p], t[p]); \
-        } \
+        CBN_UNROLL for (p = 0; p < (P); p++) \
+            cbn__tile_##S(W + (size_t)p * (LANES) * K, K, k, t[p]); \
         CBN_UNROLL for (u = 0; u < (LANES); u++) \
             CBN_UNROLL for (r = 0; r < (R); r++) { \
                 const T x = xT[(k + u) * G + r]; \
@@ -385,19 +419,22 @@ static int cbn__forward_##S(const cbn_model *m, const T *X, size_t n_rows, T *ou
     const size_t group = 2 * LANES; \
     const size_t ld = n_rows < ROW_BLOCK ? (n_rows + group - 1) / group * group : ROW_BLOCK; \
     T *buf0 = (T *)ws, *buf1 = buf0 + ld * m->max_width; \
-    size_t r0, l, r, k; \
+    size_t r0, l, r, k, g; \
     int bad = 0; \
     for (r0 = 0; r0 < n_rows; r0 += ROW_BLOCK) { \
         size_t rows = n_rows - r0 < ROW_BLOCK ? n_rows - r0 : ROW_BLOCK; \
         size_t groups = (rows + group - 1) / group; \
         const T *a = buf0; \
-        for (r = 0; r < groups * group; r++) { \
-            T *dst = buf0 + (r / group) * n_in * group + r % group; \
-            if (r < rows) { \
-                const T *x = X + (r0 + r) * n_in; \
-                for (k = 0; k < n_in; k++) dst[k * group] = x[k]; \
+        /* X's rows into the group layout, a cache line of each group at a time; rows past \
+           the end are zero (the row kernels compute them; nothing reads their results) */ \
+        for (g = 0; g < groups; g++) { \
+            T *dst = buf0 + g * n_in * group; \
+            const T *x = X + (r0 + g * group) * n_in; \
+            size_t count = rows - g * group < group ? rows - g * group : group; \
+            for (k = 0; k < n_in; k++, dst += group) { \
+                for (r = 0; r < count; r++) dst[r] = x[r * n_in + k]; \
+                for (; r < group; r++) dst[r] = 0; \
             } \
-            else for (k = 0; k < n_in; k++) dst[k * group] = 0; \
         } \
         for (l = 0; l < L; l++) { \
             const cbn_layer *ly = &m->layers[l]; \
