@@ -1,8 +1,8 @@
 """A row's predictions are the same bits whatever batch it is in.
 
 Batch sizes straddle every vector width, row group and row block of the kernel
-(cbn_model.c: groups of 8/16 rows, blocks of 32/64 rows, units 6 at a time) and the old
-4096-row chunk; rows sit at different positions; one and two threads; both builds
+(cbn_model.c: 1-4 rows through the few-rows kernel, units 8/16 at a time; else groups of
+8/16 rows, blocks of 32/64 rows, units 6 at a time) and the old 4096-row chunk; rows sit at different positions; one and two threads; both builds
 (baseline and AVX2) give the same bits.
 """
 import json

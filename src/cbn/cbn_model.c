@@ -9,8 +9,9 @@
  *
  * Inference arithmetic (the same bits whatever batch a row comes in, and in every build):
  * per layer z[i][j] = sum over k of x[i][k] * W[j][k], summed in the order k = 0, 1, ...,
- * n_in - 1 for every element; vector lanes run across units j, never across k, so the
- * vector width cannot change a sum. Then a = g(z * scale[j] + shift[j]) (batch norm folded
+ * n_in - 1 for every element; vector lanes run across rows i (5 rows and more) or across
+ * units j (1-4 rows), never across k, so neither the vector width nor the batch size can
+ * change a sum. Then a = g(z * scale[j] + shift[j]) (batch norm folded
  * into scale and shift once, in double, rounded to the dtype) or a = g(z + b[j]); the output
  * layer adds its bias and applies softmax (in double, fixed order per row), sigmoid or nothing.
  * a*b + c must never be contracted into a fused multiply-add: hence the pragma below and
