@@ -1,8 +1,8 @@
 """A row's predictions are the same bits whatever batch it is in.
 
 Batch sizes straddle every vector width, row group and row block of the kernel
-(cbn_model.c: groups of 8/16 rows, blocks of 32/64 rows, units 6 at a time) and the old
-4096-row chunk; rows sit at different positions; one and two threads; both builds
+(cbn_model.c: 1-4 rows through the few-rows kernel, units 8/16 at a time; else groups of
+8/16 rows, blocks of 32/64 rows, units 6 at a time) and the old 4096-row chunk; rows sit at different positions; one and two threads; both builds
 (baseline and AVX2) give the same bits.
 """
 import json
@@ -65,10 +65,31 @@ def test_mnist_sized_rows_do_not_depend_on_batch_or_threads(monkeypatch, dtype):
     full = net.predict_proba(X)
     monkeypatch.setenv("CBN_NUM_THREADS", "1")
     assert np.array_equal(net.predict_proba(X), full)
-    for size in (1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255, 256, 257):
+    for size in (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255, 256, 257):
         for start in (0, 4090 - size // 2):
             assert np.array_equal(net.predict_proba(X[start:start + size]),
                                   full[start:start + size]), (size, start)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_in_place_edits_of_the_parameters_are_seen(dtype):
+    # inference caches the arrays' addresses per network; values are read at every call
+    net = network(dtype, "relu", "softmax", True)
+    X = np.random.default_rng(9).standard_normal((5, 19)).astype(dtype)
+    before = {n: outputs(net, X[:n]) for n in (1, 5)}
+    net.layers[0].W[...] *= 1.5
+    net.layers[0].running_var[...] *= 2.0
+    net.layers[0].gamma[...] += 0.25
+    net.layers[-1].b[...] -= 0.5
+    fresh = network(dtype, "relu", "softmax", True)
+    for name in ("W", "b", "gamma", "beta", "running_mean", "running_var"):
+        for mine, theirs in zip(fresh.layers, net.layers):
+            if getattr(mine, name) is not None:
+                getattr(mine, name)[...] = getattr(theirs, name)
+    for n in (1, 5):
+        after = outputs(net, X[:n])
+        assert not np.array_equal(after, before[n])
+        assert np.array_equal(after, outputs(fresh, X[:n]))
 
 
 def test_evaluate_and_predict_agree_with_predict_proba(rng):
@@ -99,7 +120,11 @@ for dtype in (np.float32, np.float64):
                 net = cbn.Network([37, 45, 29, 5], activation=act, output=out, batchnorm=bn,
                                   dtype=dtype, seed=1)
                 X = np.random.default_rng(2).standard_normal((203, 37)).astype(dtype)
-                y = net.predict(X) if out == "linear" else net.predict_proba(X)
+                f = net.predict if out == "linear" else net.predict_proba
+                y = f(X)
+                for a, b in [(0, 1), (1, 3), (3, 6), (6, 10), (10, 15), (200, 203)]:
+                    # 1-4 rows take the few-rows kernel: the same bits in this build too
+                    assert np.array_equal(f(X[a:b]), y[a:b]), (dtype, act, out, bn, a, b)
                 digests[f"{dtype.__name__} {act} {out} {bn}"] = hashlib.sha256(y.tobytes()).hexdigest()
 print(json.dumps({"instruction_set": _predict.INSTRUCTION_SET, "digests": digests}))
 """

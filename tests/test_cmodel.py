@@ -121,6 +121,25 @@ def test_the_fast_compile_line_gives_the_same_bits(tmp_path, dtype):
     assert c_outputs(exe, net, X, tmp_path).tobytes() == net.predict_proba(X).tobytes()
 
 
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_few_rows_in_c_give_the_bits_of_a_large_python_batch(driver, tmp_path, dtype, native):
+    """1-4 rows take cbn_model.c's few-rows kernel (lanes across units, W tiles transposed in
+    registers); 5 rows and more the row kernels. Units 16 + 8 + 5, K = 8 * 5 + 3."""
+    exe = driver
+    if native:
+        exe, proc = compile_driver(str(tmp_path), "cmodel_native", ("-O3", "-march=native",
+                                                                    "-ffp-contract=off"))
+        if proc.returncode != 0:
+            pytest.skip(f"the compiler does not take -march=native here: {proc.stderr[-300:]}")
+    net = trained([43, 29, 13, 4], dtype, "relu", "softmax", True)
+    X = np.random.default_rng(6).standard_normal((150, 43)).astype(dtype)
+    full = net.predict_proba(X)
+    for n, start in [(1, 0), (1, 149), (2, 17), (3, 64), (4, 100), (5, 31)]:
+        got = c_outputs(exe, net, X[start:start + n], tmp_path)
+        assert got.tobytes() == full[start:start + n].tobytes(), (n, start)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_four_threads_on_one_model_give_the_same_bits(driver, tmp_path, dtype):
     net = trained([31, 40, 7], dtype)

@@ -2,7 +2,9 @@
 # compiled into this module, so that Python and C give the same bits and a row's outputs do
 # not depend on the batch it is in (see cbn_model.c for the arithmetic). Validation happens
 # in Network; these functions trust their arguments.
+import weakref
 from concurrent.futures import ThreadPoolExecutor
+from libc.stdlib cimport calloc, free
 
 import numpy as np
 
@@ -81,82 +83,125 @@ cdef const void *address(array):
     return <const void *> &view[0]
 
 
-cdef class _Model:
-    """A cbn_model over a network's arrays (W as it is, batch norm folded); read-only."""
-    cdef cbn_model model
-    cdef object keep        # the arrays the model points into
-    cdef object layer_bytes
+cdef struct _LayerArrays:
+    size_t n_in, n_out
+    const void *W
+    const void *gamma       # NULL without batch norm
+    const void *beta
+    const void *mean
+    const void *var
+    const void *b
 
-    def __init__(self, layers, dtype, int activation, int output, double slope, double eps):
-        cdef size_t l, n_layers = len(layers)
-        cdef cbn_layer *cl
-        self.keep = []
-        self.layer_bytes = np.zeros(n_layers * sizeof(cbn_layer), np.uint8)
-        cl = <cbn_layer *> address(self.layer_bytes)
-        self.model.dtype = CBN_FLOAT32 if np.dtype(dtype).itemsize == 4 else CBN_FLOAT64
-        self.model.activation = activation
-        self.model.output = output
-        self.model.slope = slope
-        self.model.n_layers = n_layers
-        self.model.layers = cl
-        self.model.max_width = layers[0].W.shape[1]
-        self.model.storage = NULL
-        for l in range(n_layers):
+
+cdef class _Model:
+    """The addresses of a network's arrays, looked up once per network (a Layer's arrays
+    cannot be rebound, only written in place). Each call folds batch norm afresh from the
+    current values into its own buffer (prepare), so in-place edits are always seen."""
+    cdef int dtype, activation, output
+    cdef double slope, eps
+    cdef size_t n_layers, max_width, n_folded, item
+    cdef _LayerArrays *arrays
+    cdef readonly object key   # what the addresses were taken from
+    cdef object keep
+
+    def __cinit__(self):
+        self.arrays = NULL
+
+    def __dealloc__(self):
+        free(self.arrays)
+
+    def __init__(self, key, layers, dtype, int activation, int output, double slope,
+                 double eps):
+        cdef size_t l
+        self.key, self.keep = key, list(layers)
+        self.dtype = CBN_FLOAT32 if np.dtype(dtype).itemsize == 4 else CBN_FLOAT64
+        self.item = np.dtype(dtype).itemsize
+        self.activation, self.output, self.slope, self.eps = activation, output, slope, eps
+        self.n_layers = len(layers)
+        self.arrays = <_LayerArrays *> calloc(self.n_layers, sizeof(_LayerArrays))
+        if self.arrays == NULL:
+            raise MemoryError()
+        self.max_width = layers[0].W.shape[1]
+        self.n_folded = 0
+        for l in range(self.n_layers):
             layer = layers[l]
-            n_out = layer.W.shape[0]
+            self.arrays[l].n_in, self.arrays[l].n_out = layer.W.shape[1], layer.W.shape[0]
+            self.arrays[l].W = address(layer.W)
             if layer.gamma is not None:
-                scale, shift = np.empty(n_out, dtype), np.empty(n_out, dtype)
-                _fold(layer.gamma, layer.beta, layer.running_mean, layer.running_var, eps,
-                      scale, shift)
+                self.arrays[l].gamma = address(layer.gamma)
+                self.arrays[l].beta = address(layer.beta)
+                self.arrays[l].mean = address(layer.running_mean)
+                self.arrays[l].var = address(layer.running_var)
+                self.n_folded += layer.W.shape[0]
             else:
-                scale, shift = None, layer.b
-            self.keep += [layer.W, scale, shift]
-            cl[l].n_in = layer.W.shape[1]
-            cl[l].n_out = n_out
-            cl[l].W = address(layer.W)
-            cl[l].scale = NULL if scale is None else address(scale)
-            cl[l].shift = address(shift)
-            self.model.max_width = max(self.model.max_width, n_out)
+                self.arrays[l].b = address(layer.b)
+            self.max_width = max(self.max_width, layer.W.shape[0])
+
+    cdef size_t buffer_bytes(self):
+        return self.n_layers * sizeof(cbn_layer) + 2 * self.n_folded * self.item
+
+    cdef cbn_model prepare(self, unsigned char *buf) noexcept nogil:
+        """A cbn_model whose layer table and folded batch norm live in buf (buffer_bytes)."""
+        cdef cbn_model m
+        cdef cbn_layer *cl = <cbn_layer *> buf
+        cdef unsigned char *values = buf + self.n_layers * sizeof(cbn_layer)
+        cdef size_t l, n
+        cdef _LayerArrays *a
+        m.dtype, m.activation, m.output, m.slope = self.dtype, self.activation, self.output, self.slope
+        m.n_layers, m.layers, m.max_width, m.storage = self.n_layers, cl, self.max_width, NULL
+        for l in range(self.n_layers):
+            a = &self.arrays[l]
+            n = a.n_out
+            cl[l].n_in, cl[l].n_out, cl[l].W = a.n_in, n, a.W
+            if a.gamma == NULL:
+                cl[l].scale, cl[l].shift = NULL, a.b
+                continue
+            cl[l].scale, cl[l].shift = values, values + n * self.item
+            if self.dtype == CBN_FLOAT32:
+                cbn__fold_f32(<const float *> a.gamma, <const float *> a.beta,
+                              <const float *> a.mean, <const float *> a.var, n, self.eps,
+                              <float *> values, <float *> (values + n * self.item))
+            else:
+                cbn__fold_f64(<const double *> a.gamma, <const double *> a.beta,
+                              <const double *> a.mean, <const double *> a.var, n, self.eps,
+                              <double *> values, <double *> (values + n * self.item))
+            values += 2 * n * self.item
+        return m
+
+
+cdef class _Call:
+    """One forward call's model (layer table and folded batch norm in its own buffer)."""
+    cdef cbn_model model
+    cdef object buf
 
     def run(self, X, out, size_t start, size_t stop, bint raw):
         """Rows start:stop of X into out; True if an output-layer value was not finite."""
-        cdef const unsigned char[:, ::1] Xb = X.view(np.uint8)
-        cdef unsigned char[:, ::1] ob = out.view(np.uint8)
-        cdef unsigned char[::1] ws = np.empty(
-            cbn__workspace_bytes(&self.model, stop - start if stop > start else 1), np.uint8)
-        cdef int status
-        if stop <= start:
-            return False
-        with nogil:
-            if self.model.dtype == CBN_FLOAT32:
-                status = cbn__forward_f32(&self.model, <const float *> &Xb[start, 0],
-                                          stop - start, <float *> &ob[start, 0], raw, &ws[0])
-            else:
-                status = cbn__forward_f64(&self.model, <const double *> &Xb[start, 0],
-                                          stop - start, <double *> &ob[start, 0], raw, &ws[0])
-        return status == CBN_ERR_OVERFLOW
+        return run_rows(&self.model, X, out, start, stop, raw)
 
 
-def _fold(gamma, beta, mean, var, double eps, scale, shift):
-    cdef const unsigned char[::1] g = gamma.view(np.uint8), b = beta.view(np.uint8)
-    cdef const unsigned char[::1] m = mean.view(np.uint8), v = var.view(np.uint8)
-    cdef unsigned char[::1] sc = scale.view(np.uint8), sh = shift.view(np.uint8)
-    cdef size_t n = gamma.shape[0]
-    if n == 0:
-        return
-    if gamma.dtype == np.float32:
-        cbn__fold_f32(<const float *> &g[0], <const float *> &b[0], <const float *> &m[0],
-                      <const float *> &v[0], n, eps, <float *> &sc[0], <float *> &sh[0])
-    else:
-        cbn__fold_f64(<const double *> &g[0], <const double *> &b[0], <const double *> &m[0],
-                      <const double *> &v[0], n, eps, <double *> &sc[0], <double *> &sh[0])
+cdef bint run_rows(const cbn_model *model, X, out, size_t start, size_t stop, bint raw):
+    cdef const unsigned char[:, ::1] Xb = X.view(np.uint8)
+    cdef unsigned char[:, ::1] ob = out.view(np.uint8)
+    cdef unsigned char[::1] ws = np.empty(
+        cbn__workspace_bytes(model, stop - start if stop > start else 1), np.uint8)
+    cdef int status
+    if stop <= start:
+        return False
+    with nogil:
+        if model.dtype == CBN_FLOAT32:
+            status = cbn__forward_f32(model, <const float *> &Xb[start, 0], stop - start,
+                                      <float *> &ob[start, 0], raw, &ws[0])
+        else:
+            status = cbn__forward_f64(model, <const double *> &Xb[start, 0], stop - start,
+                                      <double *> &ob[start, 0], raw, &ws[0])
+    return status == CBN_ERR_OVERFLOW
 
 
 _pool = None
+_models = weakref.WeakKeyDictionary()   # network -> its _Model
 
 
-def forward(layers, X, int activation, str output, double slope, double eps, bint raw,
-            int n_threads):
+def forward(net, X, bint raw, int n_threads):
     """The network's outputs for X (C-contiguous, the network's dtype), as a new array.
 
     raw=True returns the output layer's W.a (logits without the bias) instead. Rows are
@@ -164,17 +209,29 @@ def forward(layers, X, int activation, str output, double slope, double eps, bin
     thread or batch it is in. Returns (array, overflowed).
     """
     global _pool
-    model = _Model(layers, X.dtype, activation, OUTPUTS[output], slope, eps)
+    cdef unsigned char[::1] buf
+    layers = net.layers
+    key = (tuple(layers), X.dtype, net._activation_code, net.output, net.negative_slope,
+           net.bn_eps)
+    model = _models.get(net)
+    if model is None or model.key != key:
+        model = _Model(key, layers, X.dtype, net._activation_code, OUTPUTS[net.output],
+                       net.negative_slope, net.bn_eps)
+        _models[net] = model
+    call = _Call()
+    call.buf = np.empty((<_Model> model).buffer_bytes(), np.uint8)
+    buf = call.buf
+    call.model = (<_Model> model).prepare(&buf[0])
     n = X.shape[0]
     out = np.empty((n, layers[len(layers) - 1].W.shape[0]), X.dtype)
     # a thread gets at least a few row blocks (splitting smaller batches costs more than it saves)
     parts = max(1, min(n_threads, n // (2 * CBN_ROW_BLOCK_F32)))
     if parts == 1:
-        return out, model.run(X, out, 0, n, raw)
+        return out, run_rows(&call.model, X, out, 0, n, raw)
     if _pool is None or _pool._max_workers < parts:
         _pool = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="cbn-inference")
     bounds = [n * t // parts for t in range(parts + 1)]
-    futures = [_pool.submit(model.run, X, out, bounds[t], bounds[t + 1], raw)
+    futures = [_pool.submit(call.run, X, out, bounds[t], bounds[t + 1], raw)
                for t in range(parts)]
     overflowed = False
     for f in futures:

@@ -36,8 +36,7 @@ def forward(net, X, raw):
     Raises FloatingPointError if a value of the output layer overflowed to inf or NaN."""
     import numpy as np
 
-    out, overflowed = _BUILD.forward(net.layers, X, net._activation_code, net.output,
-                                     net.negative_slope, net.bn_eps, raw, inference_threads())
+    out, overflowed = _BUILD.forward(net, X, raw, inference_threads())
     if overflowed:
         raise FloatingPointError(
             f"X: the network's outputs overflowed to infinity or NaN; the values of X "

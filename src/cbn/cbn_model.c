@@ -9,8 +9,9 @@
  *
  * Inference arithmetic (the same bits whatever batch a row comes in, and in every build):
  * per layer z[i][j] = sum over k of x[i][k] * W[j][k], summed in the order k = 0, 1, ...,
- * n_in - 1 for every element; vector lanes run across units j, never across k, so the
- * vector width cannot change a sum. Then a = g(z * scale[j] + shift[j]) (batch norm folded
+ * n_in - 1 for every element; vector lanes run across rows i (5 rows and more) or across
+ * units j (1-4 rows), never across k, so neither the vector width nor the batch size can
+ * change a sum. Then a = g(z * scale[j] + shift[j]) (batch norm folded
  * into scale and shift once, in double, rounded to the dtype) or a = g(z + b[j]); the output
  * layer adds its bias and applies softmax (in double, fixed order per row), sigmoid or nothing.
  * a*b + c must never be contracted into a fused multiply-add: hence the pragma below and
@@ -148,19 +149,186 @@ static void cbn__k##U##_##H##_##S(const T *xT, size_t ld, const T *W, size_t K, 
 
 #define CBN_CALL(S, U, H) cbn__k##U##_##H##_##S(xg, ld, Wj, K, zg)
 
+#ifdef CBN_VECTORS
+/* Few rows (at most CBN_FEW_ROWS, one group): lanes run across units instead, so no lane
+   is wasted on missing rows. Tiles of LANES units x LANES k of W are transposed in registers
+   (t[kk] holds W[u][k + kk] in lane u), and each lane still adds its products in the order
+   k = 0, 1, ..., K-1: the same sequence per element as the row kernels, the same bits. */
+#define CBN_FEW_ROWS 4
+#ifdef __clang__
+#define CBN_SHUFFLE(a, b, M, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define CBN_SHUFFLE(a, b, M, ...) __builtin_shuffle(a, b, (M){__VA_ARGS__})
+#endif
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define CBN_HAS_SHUFFLEVECTOR 1
+#endif
+#endif
+/* a 32-byte vector from two 16-byte loads (AVX: one vinsertf128) */
+#ifdef CBN_HAS_SHUFFLEVECTOR
+#define CBN_PAIR(out, V16, lo, hi) do { \
+        V16 l_, h_; \
+        memcpy(&l_, lo, 16); \
+        memcpy(&h_, hi, 16); \
+        out = __builtin_shufflevector(l_, h_, 0, 1, 2, 3, 4, 5, 6, 7); \
+    } while (0)
+#define CBN_PAIR_D(out, V16, lo, hi) do { \
+        V16 l_, h_; \
+        memcpy(&l_, lo, 16); \
+        memcpy(&h_, hi, 16); \
+        out = __builtin_shufflevector(l_, h_, 0, 1, 2, 3); \
+    } while (0)
+#else
+#define CBN_PAIR(out, V16, lo, hi) do { \
+        memcpy(&out, lo, 16); \
+        memcpy((char *)&out + 16, hi, 16); \
+    } while (0)
+#define CBN_PAIR_D CBN_PAIR
+#endif
+typedef int32_t cbn__mf __attribute__((vector_size(CBN_VECTOR_BYTES)));
+typedef int64_t cbn__md __attribute__((vector_size(CBN_VECTOR_BYTES)));
+
+/* t[kk] lane u = W[u*K + k + kk]: a LANES x LANES tile of W transposed (LANES 2, 4 or 8) */
+static inline void cbn__tile_f32(const float *W, size_t K, size_t k, cbn__vf *t) {
+#if CBN_LANES_F32 == 8
+    /* a[u] = W[u][k+4h..] | W[u+4][k+4h..] (two 16-byte loads), then 4x4 transposes within
+       each 128-bit half: no lane-crossing shuffle */
+    typedef float cbn__v4f __attribute__((vector_size(16)));
+    cbn__vf a[8], b[8];
+    int u, h;
+    for (h = 0; h < 2; h++)
+        for (u = 0; u < 4; u++)
+            CBN_PAIR(a[4 * h + u], cbn__v4f, W + u * K + k + 4 * h, W + (u + 4) * K + k + 4 * h);
+    for (u = 0; u < 8; u += 2) {
+        b[u] = CBN_SHUFFLE(a[u], a[u + 1], cbn__mf, 0, 8, 1, 9, 4, 12, 5, 13);
+        b[u + 1] = CBN_SHUFFLE(a[u], a[u + 1], cbn__mf, 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (u = 0; u < 8; u += 4) {
+        t[u] = CBN_SHUFFLE(b[u], b[u + 2], cbn__mf, 0, 1, 8, 9, 4, 5, 12, 13);
+        t[u + 1] = CBN_SHUFFLE(b[u], b[u + 2], cbn__mf, 2, 3, 10, 11, 6, 7, 14, 15);
+        t[u + 2] = CBN_SHUFFLE(b[u + 1], b[u + 3], cbn__mf, 0, 1, 8, 9, 4, 5, 12, 13);
+        t[u + 3] = CBN_SHUFFLE(b[u + 1], b[u + 3], cbn__mf, 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+#else
+    cbn__vf a[4], b0, b1, b2, b3;
+    int u;
+    for (u = 0; u < 4; u++) memcpy(&a[u], W + u * K + k, sizeof(cbn__vf));
+    b0 = CBN_SHUFFLE(a[0], a[1], cbn__mf, 0, 4, 1, 5);
+    b1 = CBN_SHUFFLE(a[0], a[1], cbn__mf, 2, 6, 3, 7);
+    b2 = CBN_SHUFFLE(a[2], a[3], cbn__mf, 0, 4, 1, 5);
+    b3 = CBN_SHUFFLE(a[2], a[3], cbn__mf, 2, 6, 3, 7);
+    t[0] = CBN_SHUFFLE(b0, b2, cbn__mf, 0, 1, 4, 5);
+    t[1] = CBN_SHUFFLE(b0, b2, cbn__mf, 2, 3, 6, 7);
+    t[2] = CBN_SHUFFLE(b1, b3, cbn__mf, 0, 1, 4, 5);
+    t[3] = CBN_SHUFFLE(b1, b3, cbn__mf, 2, 3, 6, 7);
+#endif
+}
+
+static inline void cbn__tile_f64(const double *W, size_t K, size_t k, cbn__vd *t) {
+#if CBN_LANES_F64 == 4
+    /* a[h] = W[h][k+2c..] | W[h+2][k+2c..]: 2x2 transposes within each 128-bit half */
+    typedef double cbn__v2d __attribute__((vector_size(16)));
+    cbn__vd a[4];
+    int c, u;
+    for (c = 0; c < 2; c++)
+        for (u = 0; u < 2; u++)
+            CBN_PAIR_D(a[2 * c + u], cbn__v2d, W + u * K + k + 2 * c, W + (u + 2) * K + k + 2 * c);
+    for (c = 0; c < 2; c++) {
+        t[2 * c] = CBN_SHUFFLE(a[2 * c], a[2 * c + 1], cbn__md, 0, 4, 2, 6);
+        t[2 * c + 1] = CBN_SHUFFLE(a[2 * c], a[2 * c + 1], cbn__md, 1, 5, 3, 7);
+    }
+#else
+    cbn__vd a0, a1;
+    memcpy(&a0, W + k, sizeof(cbn__vd));
+    memcpy(&a1, W + K + k, sizeof(cbn__vd));
+    t[0] = CBN_SHUFFLE(a0, a1, cbn__md, 0, 2);
+    t[1] = CBN_SHUFFLE(a0, a1, cbn__md, 1, 3);
+#endif
+}
+
+/* zT[u*G + r] = sum_k xT[k*G + r] * W[u*K + k] for rows r < R and units u < P*LANES
+   (P panels of LANES units side by side hide the adds' latency). */
+#define CBN_UNROLL _Pragma("GCC unroll 16")
+#define CBN_FEW_KERNEL(S, T, V, LANES, R, P) \
+static void cbn__few##R##_##P##_##S(const T *xT, size_t G, const T *W, size_t K, T *zT) { \
+    V acc[R][P], t[P][LANES]; \
+    const V zero = {0}; \
+    size_t k; \
+    int r, p, u; \
+    CBN_UNROLL for (r = 0; r < (R); r++) CBN_UNROLL for (p = 0; p < (P); p++) acc[r][p] = zero; \
+    for (k = 0; k + (LANES) <= K; k += (LANES)) { \
+        CBN_UNROLL for (p = 0; p < (P); p++) \
+            cbn__tile_##S(W + (size_t)p * (LANES) * K, K, k, t[p]); \
+        CBN_UNROLL for (u = 0; u < (LANES); u++) \
+            CBN_UNROLL for (r = 0; r < (R); r++) { \
+                const T x = xT[(k + u) * G + r]; \
+                CBN_UNROLL for (p = 0; p < (P); p++) acc[r][p] = acc[r][p] + x * t[p][u]; \
+            } \
+    } \
+    for (; k < K; k++) \
+        CBN_UNROLL for (p = 0; p < (P); p++) { \
+            T w[LANES]; \
+            CBN_UNROLL for (u = 0; u < (LANES); u++) w[u] = W[((size_t)(p * (LANES) + u)) * K + k]; \
+            memcpy(&t[p][0], w, sizeof(V)); \
+            CBN_UNROLL for (r = 0; r < (R); r++) acc[r][p] = acc[r][p] + xT[k * G + r] * t[p][0]; \
+        } \
+    for (r = 0; r < (R); r++) \
+        for (p = 0; p < (P); p++) { \
+            T z[LANES]; \
+            memcpy(z, &acc[r][p], sizeof(V)); \
+            for (u = 0; u < (LANES); u++) zT[(size_t)(p * (LANES) + u) * G + r] = z[u]; \
+        } \
+}
+#define CBN_FEW_KERNELS(S, T, V, LANES) \
+    CBN_FEW_KERNEL(S, T, V, LANES, 1, 1) CBN_FEW_KERNEL(S, T, V, LANES, 2, 1) \
+    CBN_FEW_KERNEL(S, T, V, LANES, 3, 1) CBN_FEW_KERNEL(S, T, V, LANES, 4, 1) \
+    CBN_FEW_KERNEL(S, T, V, LANES, 1, 2) CBN_FEW_KERNEL(S, T, V, LANES, 2, 2)
+#define CBN_FEW_CALL(S, R, P) cbn__few##R##_##P##_##S(xT, ld, W + j0 * K, K, zT + j0 * ld)
+/* Units j0.. of zT for rows < R through the few-rows kernels; returns the first unit left
+   (fewer than LANES units remain for the row kernels). */
+#define CBN_FEW_GEMM(S, T, LANES) \
+static size_t cbn__few_gemm_##S(const T *xT, size_t rows, const T *W, size_t K, size_t n_out, \
+                                T *zT) { \
+    const size_t ld = 2 * (LANES); \
+    size_t j0 = 0; \
+    /* two panels side by side hide the adds' latency; from 3 rows on, one (registers) */ \
+    for (; rows <= 2 && j0 + 2 * (LANES) <= n_out; j0 += 2 * (LANES)) { \
+        if (rows == 1) CBN_FEW_CALL(S, 1, 2); else CBN_FEW_CALL(S, 2, 2); \
+    } \
+    for (; j0 + (LANES) <= n_out; j0 += (LANES)) \
+        switch (rows) { \
+        case 1: CBN_FEW_CALL(S, 1, 1); break; case 2: CBN_FEW_CALL(S, 2, 1); break; \
+        case 3: CBN_FEW_CALL(S, 3, 1); break; default: CBN_FEW_CALL(S, 4, 1); break; \
+        } \
+    return j0; \
+}
+#else
+#define CBN_FEW_ROWS 0
+#define CBN_FEW_KERNELS(S, T, V, LANES)
+#define CBN_FEW_GEMM(S, T, LANES) \
+static size_t cbn__few_gemm_##S(const T *xT, size_t rows, const T *W, size_t K, size_t n_out, \
+                                T *zT) { \
+    (void)xT; (void)rows; (void)W; (void)K; (void)n_out; (void)zT; \
+    return 0; \
+}
+#endif
+
 /* Everything that depends on the element type T, instantiated for float and double. */
 #define CBN_DEFINE(S, T, V, LANES, T_MAX, ROW_BLOCK) \
 CBN_KERNELS(S, T, V, LANES, 1) CBN_KERNELS(S, T, V, LANES, 2) \
+CBN_FEW_KERNELS(S, T, V, LANES) CBN_FEW_GEMM(S, T, LANES) \
 \
 /* zT = W (n_out x K) times xT over `groups` row groups; the last group has one vector of \
    rows when half_last is set. Activations are stored group by group: element (k, r) of a \
    layer n wide at ((r / G) * n + k) * G + r % G, G = 2 * LANES rows, so the microkernel \
    reads and writes contiguous vectors. */ \
-static void cbn__gemm_##S(const T *xT, size_t groups, int half_last, const T *W, size_t K, \
-                          size_t n_out, T *zT) { \
-    const size_t ld = 2 * LANES; \
-    size_t j0, g; \
-    for (j0 = 0; j0 < n_out; j0 += CBN_UNITS) { \
+static void cbn__gemm_##S(const T *xT, size_t rows, const T *W, size_t K, size_t n_out, \
+                          T *zT) { \
+    const size_t ld = 2 * LANES, groups = (rows + ld - 1) / ld; \
+    const int half_last = rows - (groups - 1) * ld <= LANES; \
+    size_t j0 = rows <= CBN_FEW_ROWS ? cbn__few_gemm_##S(xT, rows, W, K, n_out, zT) : 0, g; \
+    for (; j0 < n_out; j0 += CBN_UNITS) { \
         size_t units = n_out - j0 < CBN_UNITS ? n_out - j0 : CBN_UNITS; \
         const T *Wj = W + j0 * K; \
         for (g = 0; g < groups; g++) { \
@@ -252,25 +420,27 @@ static int cbn__forward_##S(const cbn_model *m, const T *X, size_t n_rows, T *ou
     const size_t group = 2 * LANES; \
     const size_t ld = n_rows < ROW_BLOCK ? (n_rows + group - 1) / group * group : ROW_BLOCK; \
     T *buf0 = (T *)ws, *buf1 = buf0 + ld * m->max_width; \
-    size_t r0, l, r, k; \
+    size_t r0, l, r, k, g; \
     int bad = 0; \
     for (r0 = 0; r0 < n_rows; r0 += ROW_BLOCK) { \
         size_t rows = n_rows - r0 < ROW_BLOCK ? n_rows - r0 : ROW_BLOCK; \
         size_t groups = (rows + group - 1) / group; \
-        int half_last = rows - (groups - 1) * group <= LANES; \
         const T *a = buf0; \
-        for (r = 0; r < groups * group; r++) { \
-            T *dst = buf0 + (r / group) * n_in * group + r % group; \
-            if (r < rows) { \
-                const T *x = X + (r0 + r) * n_in; \
-                for (k = 0; k < n_in; k++) dst[k * group] = x[k]; \
+        /* X's rows into the group layout, a cache line of each group at a time; rows past \
+           the end are zero (the row kernels compute them; nothing reads their results) */ \
+        for (g = 0; g < groups; g++) { \
+            T *dst = buf0 + g * n_in * group; \
+            const T *x = X + (r0 + g * group) * n_in; \
+            size_t count = rows - g * group < group ? rows - g * group : group; \
+            for (k = 0; k < n_in; k++, dst += group) { \
+                for (r = 0; r < count; r++) dst[r] = x[r * n_in + k]; \
+                for (; r < group; r++) dst[r] = 0; \
             } \
-            else for (k = 0; k < n_in; k++) dst[k * group] = 0; \
         } \
         for (l = 0; l < L; l++) { \
             const cbn_layer *ly = &m->layers[l]; \
             T *z = a == buf0 ? buf1 : buf0; \
-            cbn__gemm_##S(a, groups, half_last, (const T *)ly->W, ly->n_in, ly->n_out, z); \
+            cbn__gemm_##S(a, rows, (const T *)ly->W, ly->n_in, ly->n_out, z); \
             if (l < L - 1) \
                 cbn__activate_##S(z, rows, ly->n_out, (const T *)ly->scale, \
                                   (const T *)ly->shift, m->activation, m->slope); \
