@@ -34,6 +34,13 @@ def network(dtype, activation, output, batchnorm, sizes=(19, 29, 13, 4)):
     return net
 
 
+@pytest.fixture
+def kernel_threads():
+    """cbn.set_num_threads, put back to following the BLAS afterwards."""
+    yield cbn.set_num_threads
+    cbn.set_num_threads(None)
+
+
 def outputs(net, X):
     return net.predict(X) if net.output == "linear" else net.predict_proba(X)
 
@@ -41,9 +48,9 @@ def outputs(net, X):
 @pytest.mark.parametrize("threads", ["1", "2"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("activation,output,batchnorm", COMBOS)
-def test_rows_do_not_depend_on_their_batch(monkeypatch, threads, dtype, activation, output,
+def test_rows_do_not_depend_on_their_batch(kernel_threads, threads, dtype, activation, output,
                                            batchnorm):
-    monkeypatch.setenv("CBN_NUM_THREADS", threads)
+    kernel_threads(int(threads))
     net = network(dtype, activation, output, batchnorm)
     rng = np.random.default_rng(7)
     X = (2 * rng.standard_normal((4200, 19))).astype(dtype)
@@ -58,12 +65,12 @@ def test_rows_do_not_depend_on_their_batch(monkeypatch, threads, dtype, activati
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_mnist_sized_rows_do_not_depend_on_batch_or_threads(monkeypatch, dtype):
+def test_mnist_sized_rows_do_not_depend_on_batch_or_threads(kernel_threads, dtype):
     net = network(dtype, "relu", "softmax", True, sizes=(784, 512, 256, 10))
     X = np.random.default_rng(8).standard_normal((4200, 784)).astype(dtype)
-    monkeypatch.setenv("CBN_NUM_THREADS", "2")
+    kernel_threads(2)
     full = net.predict_proba(X)
-    monkeypatch.setenv("CBN_NUM_THREADS", "1")
+    kernel_threads(1)
     assert np.array_equal(net.predict_proba(X), full)
     for size in (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255, 256, 257):
         for start in (0, 4090 - size // 2):

@@ -3,30 +3,18 @@ row whatever batch, chunk position or thread count it comes in, and the same bit
 library. The AVX2 build of the kernel is taken when the CPU has AVX2 (CBN_NO_AVX2=1 keeps the
 baseline build); both run the same operation sequence per element.
 
-Threads: large batches are split by rows between ``inference_threads()`` threads.
+Threads: large batches are split by rows between as many threads as cbn's other kernels use
+(:func:`cbn.get_num_threads`: the BLAS's count, or :func:`cbn.set_num_threads`).
 """
 import os
 
 from cbn import _inference, _inference_avx2
+from cbn._threads import get_num_threads
 
 _BUILD = (_inference_avx2
           if _inference_avx2.INSTRUCTION_SET == "avx2" and _inference.cpu_has_avx2()
           and os.environ.get("CBN_NO_AVX2", "") in ("", "0") else _inference)
 INSTRUCTION_SET = _BUILD.INSTRUCTION_SET
-
-
-def inference_threads():
-    """Threads for inference: CBN_NUM_THREADS, else OMP_NUM_THREADS, else
-    OPENBLAS_NUM_THREADS (the variables that also set NumPy's BLAS), else the CPUs this
-    process may run on. Read at every call."""
-    for name in ("CBN_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        value = os.environ.get(name, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def forward(net, X, raw):
@@ -36,7 +24,7 @@ def forward(net, X, raw):
     Raises FloatingPointError if a value of the output layer overflowed to inf or NaN."""
     import numpy as np
 
-    out, overflowed = _BUILD.forward(net, X, raw, inference_threads())
+    out, overflowed = _BUILD.forward(net, X, raw, get_num_threads())
     if overflowed:
         raise FloatingPointError(
             f"X: the network's outputs overflowed to infinity or NaN; the values of X "
