@@ -24,7 +24,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+from bench import median_time  # benchmarks/bench.py, beside this file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
@@ -75,19 +76,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-
-
-def median_time(fn, min_reps, min_seconds, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times, start = [], time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 20 * min_reps:
-            break
-    return statistics.median(times)
 
 
 def reps_for(rows, quick):
@@ -164,7 +152,7 @@ def child(framework, dtype, threads, quick, folder):
                 return torch.softmax(module(torch.from_numpy(X)), dim=1).numpy()
     for rows in ROWS:
         X = np.ascontiguousarray(X_all[:rows])
-        results[rows] = median_time(lambda: predict(X), *reps_for(rows, quick))
+        results[rows] = median_time(lambda: predict(X), *reps_for(rows, quick), warmup=3)
     return results
 
 
