@@ -2,7 +2,7 @@
 import pytest
 
 import cbn
-from cbn._datasets import load_digits_split
+from cbn.datasets import load_digits_split
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

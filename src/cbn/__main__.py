@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from cbn import Adam, EarlyStopping, Network, TrainingInterrupted, _model_file
-from cbn._datasets import load_digits_split
+from cbn.datasets import load_digits_split
 from cbn.optimizers import OPTIMIZERS
 from cbn.plotting import figure_class
 

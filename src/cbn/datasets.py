@@ -1,4 +1,7 @@
-"""The data sets the demo and the tests train on."""
+"""Data sets to try cbn on: ``from cbn.datasets import load_digits_split``.
+
+The demo (``python -m cbn``), the README's examples and the tests train on these.
+"""
 import numpy as np
 
 
