@@ -19,7 +19,7 @@ from pathlib import Path
 # or the functions its methods call) and receive the network as an argument; none of them
 # imports cbn.network.
 LAYERS = [
-    ("front ends", ["__main__", "sklearn", "plotting", "datasets", "_datasets"]),
+    ("front ends", ["__main__", "_tables", "sklearn", "plotting", "datasets", "_datasets"]),
     ("package", ["__init__"]),
     ("hub", ["network"]),
     ("parts of Network", ["_training", "_checkpoint", "_progress", "_history", "_predict",
