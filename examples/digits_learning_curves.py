@@ -12,7 +12,7 @@ validation curve of the batch-norm run in the later epochs.
 import argparse
 
 import cbn
-from cbn._datasets import load_digits_split
+from cbn.datasets import load_digits_split
 
 
 def main():

@@ -218,6 +218,14 @@ def test_c_consumer_sees_the_header_constants_and_the_running_version(consumers)
     assert consumers["consumer_cy"].versions() == (header_api, runtime_api)
 
 
+def test_cython_cimports_the_public_and_the_old_name(consumers):
+    # consumer_cy.pyx cimports cbn.capi (the public re-export of cbn/_capi.pxd) and cbn._capi
+    assert consumers["consumer_cy"].old_name_versions() == consumers["consumer_cy"].versions()
+    assert consumers["consumer_cy"].versions()[1] == c_function("cbn_api_version")()
+    public = (Path(cbn.get_include()) / "capi.pxd").read_text()
+    assert "from cbn._capi cimport *" in public
+
+
 def batchnorm_inputs(rng, dtype, N=9, D=4):
     outputs = [np.zeros((N, D), dtype)] + [np.zeros(D) for _ in range(3)]  # A, mean, var, rstd
     inputs = [rng.standard_normal((N, D)).astype(dtype) * 3 + 1,

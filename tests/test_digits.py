@@ -2,7 +2,7 @@
 import pytest
 
 import cbn
-from cbn._datasets import load_digits_split
+from cbn.datasets import load_digits_split
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -16,3 +16,9 @@ def test_digits_held_out_accuracy_with_batchnorm(dtype):
     assert accuracy >= 0.95
     assert history["val_accuracy"][-1] == accuracy
     assert (net.predict(X_test) == y_test).mean() == accuracy
+
+
+def test_the_old_module_name_still_imports():
+    from cbn import _datasets
+    import cbn.datasets
+    assert _datasets.load_digits_split is cbn.datasets.load_digits_split

@@ -257,3 +257,73 @@ def test_any_layout_and_dtype_of_input_is_accepted():
     for variant in variants:
         assert net.loss_and_gradients(variant, y)[0] == expected
     assert net.loss_and_gradients(X, y.astype(float))[0] == expected  # integral float labels
+
+
+# ---------------------------------------------------------------- state_dict / load_state_dict
+
+def trained(seed=0, dtype="float32"):
+    rng = np.random.default_rng(seed)
+    X, y = rng.standard_normal((40, 5)), rng.integers(0, 3, 40)
+    net = cbn.Network([5, 8, 3], seed=seed, dtype=dtype)
+    net.fit(X, y, epochs=2, batch_size=8)
+    return net, X, y
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_state_dict_round_trip_restores_weights_bit_for_bit(dtype):
+    net, X, y = trained(dtype=dtype)
+    state = net.state_dict()
+    assert set(state) == {"params", "running"}
+    assert state["params"].dtype == np.dtype(dtype) and state["params"].size == net.n_params
+    flat = np.concatenate([v.ravel() for v in net.parameters().values()])
+    assert np.array_equal(state["params"], flat)
+    layer = net.layers[0]
+    assert np.array_equal(state["running"], np.concatenate([layer.running_mean, layer.running_var]))
+    before, t = net.predict_proba(X), net.optimizer.t
+    adam_m = net.optimizer.state["m"].copy()
+    net.fit(X, y, epochs=1, batch_size=8)  # moves the weights, not the copy
+    assert not np.array_equal(net.predict_proba(X), before)
+    assert np.array_equal(state["params"], flat)
+    net.load_state_dict(state)
+    assert np.array_equal(net.predict_proba(X), before)
+    assert net.optimizer.t > t and not np.array_equal(net.optimizer.state["m"], adam_m)
+
+
+def test_state_dict_copies_into_out_without_allocating():
+    net, X, y = trained()
+    out = net.state_dict()
+    params, running = out["params"], out["running"]
+    net.fit(X, y, epochs=1, batch_size=8)
+    again = net.state_dict(out=out)
+    assert again is out and out["params"] is params and out["running"] is running
+    assert np.array_equal(params, net.state_dict()["params"])
+
+
+@pytest.mark.parametrize("state, error, match", [
+    ([1, 2], TypeError, r"state: expected a dict with the keys 'params' and 'running'"),
+    ({"params": np.zeros(3)}, TypeError, r"got \['params'\]"),
+    ({"params": np.zeros(3), "running": np.zeros(16)}, ValueError,
+     r"state\['params'\]: expected shape \(83,\) \(this network's buffer\), got \(3,\)"),
+    ({"params": np.full(83, np.nan), "running": np.zeros(16)}, ValueError,
+     r"state\['params'\]: expected finite values"),
+    ({"params": np.zeros(83), "running": ["a"] * 16}, TypeError, r"state\['running'\]"),
+])
+def test_load_state_dict_refuses_bad_states_and_changes_nothing(state, error, match):
+    net, X, _ = trained()
+    assert net.n_params == 83
+    before = net.state_dict()
+    with pytest.raises(error, match=match):
+        net.load_state_dict(state)
+    after = net.state_dict()
+    assert np.array_equal(after["params"], before["params"])
+    assert np.array_equal(after["running"], before["running"])
+
+
+def test_state_dict_out_must_be_this_networks_writable_arrays():
+    net, _, _ = trained()
+    other = cbn.Network([5, 8, 3], seed=0, dtype="float64").state_dict()
+    with pytest.raises(TypeError, match=r"out\['params'\]: expected a writable float32 array"):
+        net.state_dict(out=other)
+    small = cbn.Network([5, 4, 3], seed=0).state_dict()
+    with pytest.raises(ValueError, match=r"out\['params'\]: expected shape"):
+        net.state_dict(out=small)

@@ -13,7 +13,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
-from cbn._datasets import load_digits_split  # noqa: E402
+from cbn.datasets import load_digits_split  # noqa: E402
 from cbn.sklearn import BatchNormMLPClassifier, BatchNormMLPRegressor  # noqa: E402
 
 # max_iter is kept small on purpose here; test_attributes_after_fit checks the warning itself

@@ -10,7 +10,7 @@ from cbn._checkpoint import TrainingInterrupted
 from cbn.callbacks import EarlyStopping, ExponentialDecay, InverseTimeDecay, StepDecay
 from cbn.network import History, Layer, Network
 from cbn.optimizers import SGD, Adam, Momentum, Optimizer, RMSprop
-from cbn.plotting import plot_history
+from cbn._history import plot_history
 from cbn._threads import get_num_threads, set_num_threads
 
 

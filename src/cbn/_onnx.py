@@ -144,3 +144,30 @@ def _activation(node, constant, activation, slope, dtype, A, l):
         return node("Max", [A, scaled], f"{l}.leaky_relu")
     op = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}[activation]
     return node(op, [A], f"{l}.{activation}")
+
+
+class OnnxExportMixin:
+    """``to_onnx``; mixed into :class:`cbn.Network`."""
+
+    def to_onnx(self, path, *, fold_batchnorm=True):
+        """Export the inference graph as an ONNX model (opset 13, IR version 7).
+
+        Needs the ``onnx`` package (``pip install 'cbn[onnx]'``). The graph's input "X" has
+        shape (N, n_features), its output "Y" shape (N, n_out) in the network's dtype: what
+        :meth:`predict_proba` returns (:meth:`predict` for linear outputs).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (atomically, like :meth:`save`).
+        fold_batchnorm : bool, default=True
+            Fold batch norm into each layer's Gemm (computed in float64, rounded once), or
+            keep it as a BatchNormalization node holding gamma, beta and the running statistics.
+
+        Returns
+        -------
+        onnx.ModelProto
+            The model written.
+        """
+        return to_onnx(self, path, fold_batchnorm=fold_batchnorm)
+

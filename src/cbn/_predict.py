@@ -8,7 +8,10 @@ Threads: large batches are split by rows between as many threads as cbn's other 
 """
 import os
 
-from cbn import _inference, _inference_avx2
+import numpy as np
+
+from cbn import _distributed, _inference, _inference_avx2, _kernels
+from cbn import _validation as check
 from cbn._threads import get_num_threads
 
 _BUILD = (_inference_avx2
@@ -31,3 +34,74 @@ def forward(net, X, raw):
             f"(max |X| = {np.abs(X).max():g}) are too large for "
             f"{np.dtype(net.dtype).name} computation")
     return out
+
+
+class InferenceMixin:
+    """``predict``, ``predict_proba``, ``evaluate``; mixed into :class:`cbn.Network`."""
+
+    def _logits(self, X):
+        """Inference-mode output-layer W.A (without b); state untouched (see cbn._predict)."""
+        return forward(self, X, raw=True)
+
+    def _outputs(self, logits):
+        """Apply the output function to logits (in place) and return them."""
+        b = self.layers[-1].b
+        if self.output == "softmax":
+            _kernels.softmax_forward(logits, logits, b)
+        else:
+            code = _kernels.ACTIVATIONS["sigmoid" if self.output == "sigmoid" else "linear"]
+            _kernels.bias_activation_forward(logits, logits, b, code, 0.0)
+        return logits
+
+    def predict_proba(self, X):
+        """Class probabilities in inference mode (running statistics, left unchanged).
+
+        Returns an ndarray of shape (n_samples, n_out): softmax rows, or per-output
+        sigmoid probabilities.
+        """
+        if self.output == "linear":
+            raise ValueError("predict_proba: a network with output='linear' has no "
+                             "probabilities; use predict")
+        X = check.check_features("X", X, self.layer_sizes[0], self.dtype)
+        return forward(self, X, raw=False)
+
+    def predict(self, X):
+        """Predictions in inference mode: class indices (softmax), 0/1 labels (sigmoid) or
+        values (linear). Single-output sigmoid and linear networks return shape (n_samples,).
+        """
+        X = check.check_features("X", X, self.layer_sizes[0], self.dtype)
+        outputs = forward(self, X, raw=False)
+        if self.output == "softmax":
+            return outputs.argmax(axis=1)
+        if self.output == "sigmoid":
+            outputs = (outputs > 0.5).astype(np.intp)
+        return outputs[:, 0] if outputs.shape[1] == 1 else outputs
+
+    def _evaluate(self, X, targets):
+        if self._sync is not None:
+            return _distributed.evaluate(self._sync, self, X, targets)
+        logits = self._logits(X)
+        loss = self._loss(np.empty_like(logits), logits, self.layers[-1].b, targets)
+        scores = {"loss": loss}
+        if self.output != "linear":
+            outputs = self._outputs(logits)
+            if self.output == "softmax":
+                hits = outputs.argmax(axis=1) == targets
+            else:
+                hits = (outputs > 0.5) == (targets > 0.5)
+            scores["accuracy"] = float(np.mean(hits))
+        return scores
+
+    def evaluate(self, X, y):
+        """Loss (and accuracy, for softmax and sigmoid outputs) in inference mode.
+
+        Returns a dict with 'loss' and, except for linear outputs, 'accuracy'. With comm,
+        collective: each rank passes its shard (0 rows allowed) and all get the scores
+        over all shards.
+        """
+        if self._sync is None:
+            X, targets = self._check_batch(X, y)
+        else:
+            (X, targets), _ = _distributed.agree(
+                self._sync.comm, lambda: self._check_batch(X, y, min_rows=0))
+        return self._evaluate(X, targets)

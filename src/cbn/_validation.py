@@ -215,3 +215,32 @@ def check_callbacks(callbacks):
             raise TypeError(f"callbacks[{i}]: expected a callable callback(net, epoch, history), "
                             f"got {callback!r}")
     return callbacks
+
+
+def check_state_dict(name, state, params, running, *, out=False):
+    """Return state's 'params' and 'running' as arrays shaped like the flat buffers params and
+    running (a dict as Network.state_dict returns). With out=True they must be writable arrays
+    of the buffers' dtype (they are written into); else any finite real values, cast once."""
+    if not isinstance(state, dict) or set(state) != {"params", "running"}:
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise TypeError(f"{name}: expected a dict with the keys 'params' and 'running', as "
+                        f"Network.state_dict() returns, got {got}")
+    arrays = []
+    for key, target in (("params", params), ("running", running)):
+        where = f"{name}[{key!r}]"
+        value = state[key]
+        if out:
+            if not (isinstance(value, np.ndarray) and value.dtype == target.dtype
+                    and value.flags.writeable):
+                raise TypeError(f"{where}: expected a writable {target.dtype} array, got "
+                                f"{getattr(value, 'dtype', type(value).__name__)}")
+        else:
+            value = _as_numeric_array(where, value)
+        if value.shape != target.shape:
+            raise ValueError(f"{where}: expected shape {target.shape} (this network's "
+                             f"buffer), got {value.shape}")
+        if not out:
+            value = _as_contiguous(value, target.dtype)
+            _require_finite(where, value)
+        arrays.append(value)
+    return arrays

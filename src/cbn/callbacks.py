@@ -120,7 +120,7 @@ class EarlyStopping:
         if value < self.best - self.min_delta:
             self.best, self.best_epoch, self._wait = value, epoch, 0
             if self.restore_best_weights:
-                self._best_state = net._snapshot(self._best_state)
+                self._best_state = net.state_dict(out=self._best_state)
             return False
         self._wait += 1
         if self._wait >= self.patience:
@@ -133,7 +133,8 @@ class EarlyStopping:
         state = {"best": float(self.best).hex(), "best_epoch": self.best_epoch,
                  "stopped_epoch": self.stopped_epoch, "wait": self._wait}
         if self._best_state is not None:
-            state["best_params"], state["best_running"] = self._best_state
+            state["best_params"] = self._best_state["params"]
+            state["best_running"] = self._best_state["running"]
         return state
 
     def load_state_dict(self, state):
@@ -143,11 +144,12 @@ class EarlyStopping:
         self._wait = state["wait"]
         self._best_state = None
         if "best_params" in state:
-            self._best_state = (state["best_params"].copy(), state["best_running"].copy())
+            self._best_state = {"params": state["best_params"].copy(),
+                                "running": state["best_running"].copy()}
 
     def on_train_end(self, net, history):
         if self._best_state is not None and self.best_epoch != history.epochs:
-            net._restore(self._best_state)
+            net.load_state_dict(self._best_state)
 
     def __repr__(self):
         return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience!r}, "

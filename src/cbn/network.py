@@ -1,21 +1,29 @@
-"""Network: layers, forward/backward orchestration, fit/predict, save/load.
+"""Network, the hub: the structure, the flat buffers and the forward/backward orchestration.
 
 Every parameter lives in one flat C-contiguous buffer and every gradient in a mirror of it,
 so an optimizer step is one kernel call; each layer's W, b, gamma, beta are views into it.
 Per batch size, the work buffers of a training step are allocated once and reused.
+
+The rest of Network's methods come from one mixin each, in the module that owns the subject:
+the fit loop (cbn._training), inference (cbn._predict), the model file (cbn._model_file) and
+ONNX export (cbn._onnx). They use the hub's buffers and step, never import this module.
 """
-import contextlib
 import functools
 import math
-import signal
-import threading
-import time
 
 import numpy as np
 
-from cbn import _checkpoint, _distributed, _kernels, _model_file, _predict, _progress
+from cbn import _distributed, _kernels, _model_file
 from cbn import _validation as check
+from cbn._history import History
+from cbn._layers import Layer, Workspace as _Workspace
+from cbn._model_file import ModelFileMixin
+from cbn._onnx import OnnxExportMixin
+from cbn._predict import InferenceMixin
+from cbn._training import TrainingMixin
 from cbn.optimizers import make_optimizer
+
+__all__ = ["Network", "Layer", "History"]  # History and Layer: importable here, as before
 
 # Larger gradients would overflow the squared-gradient averages of RMSprop and Adam.
 _GRADIENT_LIMIT = {t: math.sqrt(np.finfo(t).max) for t in (np.float32, np.float64)}
@@ -23,74 +31,7 @@ _GRADIENT_LIMIT = {t: math.sqrt(np.finfo(t).max) for t in (np.float32, np.float6
 MAX_WORKSPACES = 4
 
 
-class Layer:
-    """One fully-connected layer. Its arrays are views into the network's flat buffers.
-
-    Attributes
-    ----------
-    W : ndarray of shape (n_out, n_in)
-    b : ndarray of shape (n_out,), or None on a batch-norm layer (beta replaces it)
-    gamma, beta : ndarray of shape (n_out,), or None without batch norm
-    running_mean, running_var : ndarray of shape (n_out,), or None without batch norm
-    activation : str
-        The activation g of a hidden layer; the output function of the last layer.
-
-    The arrays are writable in place (``layer.W[...] = values``); rebinding them is refused,
-    because training updates the buffers they view.
-    """
-
-    __slots__ = ("index", "n_in", "n_out", "activation", "batchnorm",
-                 "W", "b", "gamma", "beta", "running_mean", "running_var")
-
-    def __init__(self, index, n_in, n_out, activation, batchnorm, arrays):
-        values = dict(index=index, n_in=n_in, n_out=n_out, activation=activation,
-                      batchnorm=batchnorm, b=None, gamma=None, beta=None,
-                      running_mean=None, running_var=None)
-        values.update(arrays)
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
-
-    def __setattr__(self, name, value):
-        raise AttributeError(
-            f"Layer.{name} cannot be rebound; assign in place instead, e.g. layer.{name}[...] = values")
-
-    def __repr__(self):
-        kind = "batchnorm+" if self.batchnorm else ""
-        return f"Layer({self.index}: {self.n_in} -> {self.n_out}, {kind}{self.activation})"
-
-
-class History(dict):
-    """What ``fit`` records per epoch: lists under 'loss', 'accuracy' (softmax and sigmoid
-    outputs), 'val_loss', 'val_accuracy' (with validation data), 'lr' (with a learning-rate
-    schedule) and 'time' (seconds)."""
-
-    @property
-    def epochs(self):
-        """Number of epochs recorded."""
-        return len(self.get("loss", ()))
-
-    def plot(self, path=None, *, title=None):
-        """Draw the loss and accuracy curves, train and validation; see :func:`cbn.plot_history`."""
-        from cbn.plotting import plot_history
-        return plot_history(self, path, title=title)
-
-
-class _Workspace:
-    """The arrays one training step writes, for one batch size m."""
-
-    def __init__(self, layer_sizes, m, dtype):
-        hidden = layer_sizes[1:-1]
-        self.Z = [np.empty((m, n), dtype) for n in layer_sizes[1:]]   # W·A, output layer last
-        self.A = [np.empty((m, n), dtype) for n in hidden]            # activations
-        self.G = [np.empty((m, n), dtype) for n in hidden]            # dA, overwritten by dZ
-        self.dZ_out = np.empty((m, layer_sizes[-1]), dtype)
-        # fit's accuracy count: predicted classes, and elementwise hits of sigmoid outputs
-        self.predicted = np.empty(m, np.intp)
-        self.hits = np.empty((m, layer_sizes[-1]), bool)
-        self.truths = np.empty((m, layer_sizes[-1]), bool)
-
-
-class Network:
+class Network(TrainingMixin, InferenceMixin, ModelFileMixin, OnnxExportMixin):
     """A fully-connected network with batch normalization, trained by mini-batch descent.
 
     Each hidden layer computes ``Z = A_prev @ W.T`` (no bias: beta takes its role),
@@ -263,6 +204,38 @@ class Network:
         The arrays are the live views that training updates; write them in place.
         """
         return dict(self._param_views)
+
+    def state_dict(self, out=None):
+        """A copy of the weights: every parameter and batch-norm running statistic.
+
+        Returns a dict with 'params' (the values of :meth:`parameters`, flat, in that order)
+        and 'running' (each batch-norm layer's running_mean, then its running_var, flat).
+        The optimizer's state is not part of it. :meth:`load_state_dict` puts it back;
+        :class:`cbn.EarlyStopping` keeps the best epoch's weights this way.
+
+        Parameters
+        ----------
+        out : dict, optional
+            An earlier result of this network's ``state_dict``, copied into instead of
+            allocating new arrays.
+        """
+        if out is None:
+            return {"params": self._params.copy(), "running": self._running.copy()}
+        params, running = check.check_state_dict("out", out, self._params, self._running,
+                                                 out=True)
+        np.copyto(params, self._params)
+        np.copyto(running, self._running)
+        return out
+
+    def load_state_dict(self, state):
+        """Set the parameters and running statistics from :meth:`state_dict`'s dict.
+
+        Everything is checked (keys, shapes, finite values) before anything is written, so
+        a refused state leaves the network as it was. The optimizer's state is left alone.
+        """
+        params, running = check.check_state_dict("state", state, self._params, self._running)
+        np.copyto(self._params, params)
+        np.copyto(self._running, running)
 
     def __repr__(self):
         return (f"Network({list(self.layer_sizes)}, activation={self.activation!r}, "
@@ -440,486 +413,11 @@ class Network:
             return self._check_batch(X, y, min_rows=self._min_train_rows)
         return _distributed.check_batch(self._sync, self, X, y)
 
-    @staticmethod
-    def _batch_bounds(m, batch_size):
-        """(start, stop) of each batch; a 1-row remainder joins the batch before it."""
-        starts = list(range(0, m, batch_size))
-        stops = starts[1:] + [m]
-        if len(starts) > 1 and stops[-1] - starts[-1] == 1:
-            starts.pop()
-            stops.pop(-2)
-        return list(zip(starts, stops))
-
-    def _correct_count(self, ws, targets):
-        """Correct predictions of the last training forward (before the update)."""
-        logits = ws.dZ_out  # free once backward has run; every buffer here is reused
-        np.add(ws.Z[-1], self.layers[-1].b, out=logits)
-        if self.output == "softmax":
-            np.argmax(logits, axis=1, out=ws.predicted)
-            return int(np.count_nonzero(np.equal(ws.predicted, targets, out=ws.hits[:, 0])))
-        np.greater(logits, 0, out=ws.hits)
-        np.greater(targets, 0.5, out=ws.truths)
-        return int(np.count_nonzero(np.equal(ws.hits, ws.truths, out=ws.hits)))
-
-    def fit(self, X, y, *, epochs=10, batch_size=32, shuffle=True, validation_data=None,
-            verbose=0, lr_schedule=None, weight_decay=0.0, callbacks=(), checkpoint=None,
-            checkpoint_every=None):
-        """Train with mini-batch gradient descent.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : array-like
-            Targets, see the class docstring.
-        epochs : int, default=10
-            Passes over the data.
-        batch_size : int, default=32
-            Rows per step; a 1-row remainder joins the batch before it, so no step sees a
-            single row.
-        shuffle : bool, default=True
-            Reshuffle the rows every epoch (with the network's seeded generator).
-        validation_data : (X_val, y_val), optional
-            Evaluated in inference mode after every epoch.
-        verbose : int, default=0
-            0 is silent; 1 shows a progress bar per epoch with the running loss and, at the
-            end of the epoch, its metrics (tqdm's bar when tqdm is installed, a plain one
-            otherwise); 2 prints one line per epoch.
-        lr_schedule : callable, optional
-            ``lr_schedule(epoch) -> lr``, epoch counting this call's epochs from 0; sets
-            ``optimizer.lr`` before every epoch (which keeps the last value afterwards) and
-            records it in ``history['lr']``. See :mod:`cbn.callbacks` for the lecture's decays.
-        weight_decay : float, default=0.0
-            L2 penalty ``weight_decay / 2 * sum(W**2)`` over the weight matrices W (not b,
-            gamma, beta): every step adds ``weight_decay * W`` to ``dW`` before the
-            optimizer update. The recorded losses exclude the penalty.
-        callbacks : sequence of callables, default=()
-            Each is called as ``callback(net, epoch, history)`` after every epoch (epoch
-            from 1); a true return value stops training. Optional methods
-            ``on_train_begin(net, history)`` and ``on_train_end(net, history)`` are called
-            too; see :class:`cbn.EarlyStopping`.
-        checkpoint : str or os.PathLike, optional
-            A file for the complete training state, written atomically after every epoch
-            (and every ``checkpoint_every`` steps; with comm, by rank 0). If it exists, fit
-            resumes from it and ends with exactly the network, history and generator state
-            of an uninterrupted run; a finished run's checkpoint makes fit return its
-            history at once. A checkpoint of another run (network, data or arguments) or a
-            damaged one raises ValueError. SIGTERM is then held back: at the next step
-            boundary (on every rank) the state is saved and :class:`cbn.TrainingInterrupted`
-            is raised. See the README, "Checkpoints and preemptible jobs".
-        checkpoint_every : int, optional
-            Also write the checkpoint every this many optimizer steps, >= 1.
-
-        Returns
-        -------
-        History
-            Per-epoch 'loss', 'accuracy', 'val_loss', 'val_accuracy', 'time' (and 'lr' with a
-            schedule); also kept as ``net.history``, which holds the completed epochs if fit
-            stops early.
-
-        Raises
-        ------
-        FloatingPointError
-            If a step produces a non-finite loss or gradient; that step is not applied.
-        KeyboardInterrupt
-            On Ctrl-C, raised after the step in progress completes (no checkpoint is
-            written for it).
-        TrainingInterrupted
-            On SIGTERM with a checkpoint, raised once the state is saved.
-
-        Notes
-        -----
-        With ``comm``, fit is collective: each rank passes its own shard (of any size, 0
-        rows included; a memory-mapped ``.npy`` array is never copied whole) and
-        ``batch_size`` counts the rows of a global step. Every rank takes the same
-        S = ceil(N / batch_size) steps per epoch (N: the rows of all shards; a 1-row
-        remainder joins the batch before it); each epoch rank r permutes its shard with
-        ``numpy.random.default_rng([key, epoch, r])`` (``key`` drawn per fit call from the
-        network's generator, identical on all ranks) and takes the s-th of S near-equal
-        slices of it as its part of step s (see ``cbn._distributed.epoch_plan``). Every
-        example is used once per epoch; the history, callbacks and ``validation_data``
-        (each rank its own part) see global values; only rank 0 prints. The other
-        arguments must be the same on every rank.
-        """
-        X_given = X
-        (epochs, batch_size, verbose, shuffle, weight_decay, callbacks, X, targets,
-         validation) = self._check_fit(X, y, epochs, batch_size, shuffle, validation_data,
-                                       verbose, lr_schedule, weight_decay, callbacks)
-        checkpoint, checkpoint_every = _checkpoint.check_arguments(
-            self, checkpoint, checkpoint_every)
-        rng_state = self._rng.bit_generator.state
-        plan, n_steps, n_total, shuffle_state = self._batch_plan(X.shape[0], batch_size,
-                                                                 shuffle)
-        gather = {}  # batches are gathered into buffers made once per batch size
-        with_accuracy = self.output != "linear"
-        history = History(loss=[], time=[])
-        if with_accuracy:
-            history["accuracy"] = []
-        if validation is not None:
-            history["val_loss"] = []
-            if with_accuracy:
-                history["val_accuracy"] = []
-        if lr_schedule is not None:
-            history["lr"] = []
-        # the share of a target in the epoch's accuracy
-        n_targets = targets.size if self._sync is None else self._sync.sum_int(targets.size)
-        run = None if checkpoint is None else _checkpoint.open_run(
-            self, checkpoint, checkpoint_every, dict(
-                epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                weight_decay=weight_decay, lr_schedule=lr_schedule is not None,
-                steps_per_epoch=n_steps, callbacks=[
-                    type(c).__name__ if hasattr(c, "state_dict") else None for c in callbacks]),
-            (X_given, X, targets, validation), history, callbacks, shuffle_state, lr_schedule,
-            rng_state)
-        position = _checkpoint.Position() if run is None else run.position
-        self.history = history
-        if position.finished:  # a finished run's checkpoint: nothing left to do
-            run.restore()
-            return history
-        printing = verbose and (self._sync is None or self._sync.rank == 0)
-        progress = _progress.Progress(verbose, epochs, n_steps) if printing else None
-        for callback in callbacks:
-            if hasattr(callback, "on_train_begin"):
-                callback.on_train_begin(self, history)
-        if run is not None:
-            run.restore()
-        # under MPI the launcher forwards Ctrl-C to every rank at slightly different steps;
-        # holding it back could leave ranks waiting for each other, so it is not held
-        holding = _interrupts_between_steps() if self._sync is None \
-            else contextlib.nullcontext(lambda: False)
-        with holding as interrupted, _checkpoint.sigterm_held(run), \
-                self._fit_state(weight_decay, progress):
-            for epoch in range(position.epoch + 1, epochs + 1):
-                if position.stopped:  # by a callback, before the checkpoint was written
-                    break
-                start_time = time.perf_counter() - position.elapsed  # resumed: time so far
-                if lr_schedule is not None:
-                    self.optimizer.lr = check.check_positive(
-                        f"lr_schedule({epoch - 1})", lr_schedule(epoch - 1))
-                    history["lr"].append(self.optimizer.lr)
-                if progress is not None:
-                    progress.begin(epoch, done=position.step)
-                if run is not None:
-                    run.epoch_begins()
-                loss_sum, correct = position.loss_sum, position.correct
-                # resumed mid-epoch: the same shuffle, without the steps already taken
-                for step, (rows, batch_rows) in enumerate(plan(epoch)[position.step:],
-                                                          position.step + 1):
-                    Xb, tb = self._gather_batch(X, targets, rows, gather)
-                    if self._sync is not None:
-                        self._sync.n_total = batch_rows
-                    loss = self._step(Xb, tb)
-                    loss_sum += loss * batch_rows
-                    if with_accuracy:
-                        correct += self._correct_count(self._workspace(tb.shape[0]), tb)
-                    if progress is not None:
-                        progress.step(loss)
-                    if interrupted():
-                        raise KeyboardInterrupt(
-                            f"fit interrupted in epoch {epoch} after optimizer step "
-                            f"{self.optimizer.t}; the network holds that step's state and "
-                            f"net.history the completed epochs")
-                    if run is not None:
-                        run.after_step(epoch, step, loss_sum, correct, start_time)
-                if self._sync is not None:
-                    self._sync.check_identical(self, epoch)
-                    if with_accuracy:
-                        correct = self._sync.sum_int(correct)
-                self._end_epoch(history, loss_sum / n_total, correct / n_targets, validation,
-                                start_time)
-                if progress is not None:
-                    progress.end(epoch, history)
-                # every callback sees every epoch, even when an earlier one asks to stop
-                stop = any([callback(self, epoch, history) for callback in callbacks])
-                position = _checkpoint.Position(epoch, stopped=stop)
-                if run is not None:
-                    run.after_epoch(position)
-                if stop:
-                    break
-        for callback in callbacks:
-            if hasattr(callback, "on_train_end"):
-                callback.on_train_end(self, history)
-        if run is not None:
-            run.finish(position)
-        return history
-
-    def _check_fit(self, X, y, epochs, batch_size, shuffle, validation_data, verbose,
-                   lr_schedule, weight_decay, callbacks):
-        """Validate fit's arguments (with comm: on every rank, agreeing, and alike)."""
-        def local():
-            checked = (check.check_int("epochs", epochs, 1),
-                       check.check_int("batch_size", batch_size, self._min_train_rows),
-                       check.check_int("verbose", verbose, 0),
-                       check.check_bool("shuffle", shuffle),
-                       check.check_float("weight_decay", weight_decay, 0.0, math.inf,
-                                         high_open=True))
-            if lr_schedule is not None and not callable(lr_schedule):
-                raise TypeError(
-                    f"lr_schedule: expected a function of the epoch, got {lr_schedule!r}")
-            checked += (check.check_callbacks(callbacks),)
-            if self._sync is None:
-                data = self._check_batch(X, y, min_rows=self._min_train_rows)
-            else:  # a shard, maybe memory-mapped: checked in chunks, never copied whole
-                data = _distributed.check_shard(self, X, y)
-            validation = None
-            if validation_data is not None:
-                X_val, y_val = check.check_validation_data(validation_data)
-                validation = self._check_batch(
-                    X_val, y_val, min_rows=0 if self._sync else 1,
-                    x_name="validation_data[0]", y_name="validation_data[1]")
-            return checked + data + (validation,)
-        if self._sync is None:
-            return local()
-        return _distributed.check_fit(self._sync, local, lr_schedule is not None)
-
-    def _batch_plan(self, n_rows, batch_size, shuffle):
-        """Which rows each step of an epoch takes.
-
-        Returns (plan, steps per epoch, rows per epoch over all ranks, shuffle state);
-        ``plan(epoch)`` lists (rows, rows of the global batch) per step, rows being a slice
-        or an index array into this rank's X. Without comm: the rows, reshuffled every epoch
-        by the network's generator, cut into batch_size-row batches (a 1-row remainder
-        joins the batch before it). With comm: the batch rule of
-        :func:`cbn._distributed.epoch_plan`. The shuffle state is the int64 array that,
-        with the generator's state, decides the coming plans (a checkpoint saves it): the
-        permutation that the next epoch reshuffles, or the key of the batch rule.
-        """
-        if self._sync is not None:
-            return _distributed.batch_plan(self._sync, self, n_rows, batch_size, shuffle)
-        bounds = self._batch_bounds(n_rows, batch_size)
-        if not shuffle:
-            return ((lambda epoch: [(slice(a, b), b - a) for a, b in bounds]), len(bounds),
-                    n_rows, None)
-        order = np.arange(n_rows, dtype=np.int64)
-
-        def plan(epoch):
-            self._rng.shuffle(order)
-            return [(order[a:b], b - a) for a, b in bounds]
-        return plan, len(bounds), n_rows, order
-
-    def _gather_batch(self, X, targets, rows, buffers):
-        """The batch X[rows], targets[rows], in reused buffers (a slice is a view)."""
-        if isinstance(rows, slice) and X.dtype == self.dtype:
-            return X[rows], targets[rows]
-        if isinstance(rows, slice):
-            rows = np.arange(rows.start, rows.stop)
-        n = rows.shape[0]
-        Xb, tb = buffers.get(n) or buffers.setdefault(
-            n, (np.empty((n,) + X.shape[1:], self.dtype),
-                np.empty((n,) + targets.shape[1:], targets.dtype)))
-        _distributed.gather(Xb, X, rows)
-        np.take(targets, rows, axis=0, out=tb)
-        return Xb, tb
-
-    def recompute_statistics(self, X, *, batch_size=256):
-        """Replace the running statistics by population estimates over one pass through X.
-
-        The inference statistics of the batch-norm paper (Ioffe & Szegedy 2015, §3.1,
-        Algorithm 2): X is cut into batches as ``fit(shuffle=False)`` would cut it; each
-        batch runs through the training-mode forward (every layer normalized with its
-        batch's statistics, parameters untouched) and every batch-norm layer's
-        ``running_mean`` becomes the mean of its batch means and ``running_var`` the mean of
-        its unbiased batch variances ``m / (m - 1) * var_B`` (m the batch's rows; batches
-        are equal but for the last). With comm, collective: each rank passes its shard and
-        the batches are the global batches of fit's batch rule (without shuffling).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Typically the training data; a memory-mapped array is read batch by batch.
-        batch_size : int, default=256
-            Rows per batch (over all ranks with comm), >= 2.
-        """
-        def local():
-            size = check.check_int("batch_size", batch_size, 2)
-            if self._sync is None:
-                return size, check.check_features("X", X, self.layer_sizes[0], self.dtype, 2)
-            return size, _distributed.check_features("X", X, self.layer_sizes[0], self.dtype)
-        if self._sync is None:
-            size, X_checked = local()
-            bounds = self._batch_bounds(X_checked.shape[0], size)
-            batches = [(slice(a, b), b - a) for a, b in bounds]
-        else:
-            (size, X_checked), counts = _distributed.agree(
-                self._sync.comm, local, count=lambda result: result[1].shape[0])
-            self._sync.counts = counts
-            plan, _, _, _ = _distributed.batch_plan(self._sync, self, X_checked.shape[0], size,
-                                                    False)
-            batches = plan(0)
-        if not self._bn_cache:
-            return
-        mean_sum = [np.zeros(layer.n_out) for layer in self.layers if layer.batchnorm]
-        var_sum = [np.zeros(layer.n_out) for layer in self.layers if layer.batchnorm]
-        buffers = {}
-        for rows, m in batches:
-            if isinstance(rows, slice):
-                Xb = X_checked[rows]
-            else:
-                n = rows.shape[0]
-                if n not in buffers:
-                    buffers[n] = np.empty((n, X_checked.shape[1]), self.dtype)
-                Xb = _distributed.gather(buffers[n], X_checked, rows)
-            if self._sync is not None:
-                self._sync.n_total = m
-            self._train_forward(Xb, self._workspace(Xb.shape[0]))
-            for l, (mean, var, _) in enumerate(self._bn_cache):
-                mean_sum[l] += mean
-                var_sum[l] += var * (m / (m - 1))
-        for layer, total_mean, total_var in zip(
-                [layer for layer in self.layers if layer.batchnorm], mean_sum, var_sum):
-            layer.running_mean[...] = total_mean / len(batches)
-            layer.running_var[...] = total_var / len(batches)
-
-    def _end_epoch(self, history, loss, accuracy, validation, start_time):
-        """Record one epoch in history, validating in inference mode."""
-        history["loss"].append(loss)
-        if "accuracy" in history:
-            history["accuracy"].append(accuracy)
-        if validation is not None:
-            scores = self._evaluate(*validation)
-            history["val_loss"].append(scores["loss"])
-            if "val_accuracy" in history:
-                history["val_accuracy"].append(scores["accuracy"])
-        history["time"].append(time.perf_counter() - start_time)
-
-    @contextlib.contextmanager
-    def _fit_state(self, weight_decay, progress):
-        """Hold fit's per-call state (weight decay, progress bar) and undo it however fit ends."""
-        self._weight_decay = weight_decay
-        try:
-            yield
-        finally:
-            self._weight_decay = 0.0
-            if progress is not None:
-                progress.close()
 
     def _add_weight_decay(self):
         """dW += weight_decay * W for every weight matrix (b, gamma and beta are not decayed)."""
         for key in self._weight_keys:
             self._grad_views[key] += self._weight_decay * self._param_views[key]
-
-    def _snapshot(self, out=None):
-        """Copy parameters and running statistics (into ``out`` from an earlier snapshot)."""
-        if out is None:
-            return self._params.copy(), self._running.copy()
-        np.copyto(out[0], self._params)
-        np.copyto(out[1], self._running)
-        return out
-
-    def _restore(self, snapshot):
-        """Put back parameters and running statistics from :meth:`_snapshot`."""
-        np.copyto(self._params, snapshot[0])
-        np.copyto(self._running, snapshot[1])
-
-    # ------------------------------------------------------------------ inference
-
-    def _logits(self, X):
-        """Inference-mode output-layer W.A (without b); state untouched (see cbn._predict)."""
-        return _predict.forward(self, X, raw=True)
-
-    def _outputs(self, logits):
-        """Apply the output function to logits (in place) and return them."""
-        b = self.layers[-1].b
-        if self.output == "softmax":
-            _kernels.softmax_forward(logits, logits, b)
-        else:
-            code = _kernels.ACTIVATIONS["sigmoid" if self.output == "sigmoid" else "linear"]
-            _kernels.bias_activation_forward(logits, logits, b, code, 0.0)
-        return logits
-
-    def predict_proba(self, X):
-        """Class probabilities in inference mode (running statistics, left unchanged).
-
-        Returns an ndarray of shape (n_samples, n_out): softmax rows, or per-output
-        sigmoid probabilities.
-        """
-        if self.output == "linear":
-            raise ValueError("predict_proba: a network with output='linear' has no "
-                             "probabilities; use predict")
-        X = check.check_features("X", X, self.layer_sizes[0], self.dtype)
-        return _predict.forward(self, X, raw=False)
-
-    def predict(self, X):
-        """Predictions in inference mode: class indices (softmax), 0/1 labels (sigmoid) or
-        values (linear). Single-output sigmoid and linear networks return shape (n_samples,).
-        """
-        X = check.check_features("X", X, self.layer_sizes[0], self.dtype)
-        outputs = _predict.forward(self, X, raw=False)
-        if self.output == "softmax":
-            return outputs.argmax(axis=1)
-        if self.output == "sigmoid":
-            outputs = (outputs > 0.5).astype(np.intp)
-        return outputs[:, 0] if outputs.shape[1] == 1 else outputs
-
-    def _evaluate(self, X, targets):
-        if self._sync is not None:
-            return _distributed.evaluate(self._sync, self, X, targets)
-        logits = self._logits(X)
-        loss = self._loss(np.empty_like(logits), logits, self.layers[-1].b, targets)
-        scores = {"loss": loss}
-        if self.output != "linear":
-            outputs = self._outputs(logits)
-            if self.output == "softmax":
-                hits = outputs.argmax(axis=1) == targets
-            else:
-                hits = (outputs > 0.5) == (targets > 0.5)
-            scores["accuracy"] = float(np.mean(hits))
-        return scores
-
-    def evaluate(self, X, y):
-        """Loss (and accuracy, for softmax and sigmoid outputs) in inference mode.
-
-        Returns a dict with 'loss' and, except for linear outputs, 'accuracy'. With comm,
-        collective: each rank passes its shard (0 rows allowed) and all get the scores
-        over all shards.
-        """
-        if self._sync is None:
-            X, targets = self._check_batch(X, y)
-        else:
-            (X, targets), _ = _distributed.agree(
-                self._sync.comm, lambda: self._check_batch(X, y, min_rows=0))
-        return self._evaluate(X, targets)
-
-    # ------------------------------------------------------------------ save / load
-
-    def _config(self):
-        return {
-            "layer_sizes": list(self.layer_sizes),
-            "activation": self.activation,
-            "output": self.output,
-            "batchnorm": self.batchnorm,
-            "dtype": np.dtype(self.dtype).name,
-            "bn_momentum": self.bn_momentum,
-            "bn_eps": self.bn_eps,
-            "negative_slope": self.negative_slope,
-            "seed": self.seed,
-            "optimizer": {"name": type(self.optimizer).__name__.lower(),
-                          "config": self.optimizer.get_config(), "t": self.optimizer.t},
-            "rng_state": self._rng.bit_generator.state,
-            "metadata": self.metadata,
-        }
-
-    def _arrays(self):
-        arrays = {"params": self._params, "running": self._running}
-        arrays.update({f"optimizer.{k}": v for k, v in self.optimizer.state.items()})
-        return arrays
-
-    def save(self, path):
-        """Save weights, batch-norm statistics, optimizer state and hyper-parameters.
-
-        The file is safetensors (format 2, whatever the file name): the tensors under their
-        :meth:`parameters` names, the running statistics and the optimizer state, with the
-        configuration, the format version and a SHA-256 checksum in its metadata; the
-        ``safetensors`` package and the C library (``cbn_model.h``) read it. It is written to
-        a temporary file in the same folder and renamed over ``path``, so a failed save
-        leaves any previous file intact. With comm, collective: rank 0 writes, every rank
-        raises if that fails.
-        """
-        if self._sync is not None:
-            return _distributed.save(self._sync, self, path)
-        return self._save_local(path)
-
-    def _save_local(self, path):
-        _model_file.save_network(self, path)
 
     def __reduce__(self):
         # the flat buffers and their views must be rebuilt together, so copies go through
@@ -927,72 +425,9 @@ class Network:
         # has no communicator
         return _network_from_bytes, (self._to_bytes(),)
 
-    def _to_bytes(self):
-        return _model_file.network_to_bytes(self)
-
-    @classmethod
-    def _from_bytes(cls, data):
-        return _network_from_bytes(data)
-
-    @classmethod
-    def load(cls, path, comm=None):
-        """Load a network saved by :meth:`save`; never unpickles anything.
-
-        Reads format 2 (safetensors) and the ``.npz`` files of format 1, told apart by their
-        content. With comm, collective: rank 0 reads the file and every rank gets the
-        network, bound to comm.
-
-        Raises ValueError naming the path if the file is not a cbn network, is truncated,
-        damaged or edited, or was written by an unknown format version.
-        """
-        if comm is not None:
-            return _distributed.load(cls, path, comm)
-        return _model_file.load_network(cls, path)
-
-    def to_onnx(self, path, *, fold_batchnorm=True):
-        """Export the inference graph as an ONNX model (opset 13, IR version 7).
-
-        Needs the ``onnx`` package (``pip install 'cbn[onnx]'``). The graph's input "X" has
-        shape (N, n_features), its output "Y" shape (N, n_out) in the network's dtype: what
-        :meth:`predict_proba` returns (:meth:`predict` for linear outputs).
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file to write (atomically, like :meth:`save`).
-        fold_batchnorm : bool, default=True
-            Fold batch norm into each layer's Gemm (computed in float64, rounded once), or
-            keep it as a BatchNormalization node holding gamma, beta and the running statistics.
-
-        Returns
-        -------
-        onnx.ModelProto
-            The model written.
-        """
-        from cbn._onnx import to_onnx
-        return to_onnx(self, path, fold_batchnorm=fold_batchnorm)
-
 
 def _network_from_bytes(data):
     """Unpickle a Network from the bytes of its save format (format 2, or 1 in old pickles)."""
     return _model_file.network_from_bytes(Network, data)
 
-
-@contextlib.contextmanager
-def _interrupts_between_steps():
-    """Hold Ctrl-C (SIGINT) back until the current training step has finished.
-
-    Yields a function that tells whether Ctrl-C was pressed; the caller stops at the next
-    step boundary, so an interrupt never leaves parameters, running statistics and
-    optimizer state from different steps. Outside the main thread nothing changes.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    pressed = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-    try:
-        yield lambda: bool(pressed)
-    finally:
-        signal.signal(signal.SIGINT, previous)
 

@@ -3,7 +3,9 @@
 from cython cimport floating
 
 from cbn._batchnorm cimport batchnorm_activation_forward   # a fused kernel: float and double
-from cbn._capi cimport CBN_API_VERSION, cbn_adam_update_f64, cbn_api_version
+from cbn.capi cimport CBN_API_VERSION, cbn_adam_update_f64, cbn_api_version   # the public name
+# the old name, still cimportable, reaches the same functions
+from cbn._capi cimport CBN_API_VERSION as OLD_API_VERSION, cbn_api_version as old_api_version
 
 
 def batchnorm_forward(floating[:, ::1] A, double[::1] mean, double[::1] var, double[::1] rstd,
@@ -26,3 +28,7 @@ def adam_update_f64(double[::1] param, double[::1] m, double[::1] v, const doubl
 
 def versions():
     return CBN_API_VERSION, cbn_api_version()
+
+
+def old_name_versions():
+    return OLD_API_VERSION, old_api_version()
