@@ -445,10 +445,16 @@ def uninterrupted(tmp_path_factory):
                                        (signal.SIGTERM, 2), (signal.SIGTERM, 3)])
 def test_killed_training_resumes_bit_for_bit(tmp_path, uninterrupted, sig, seed):
     reference, duration = uninterrupted
-    # kill points spread over the training, whatever the machine's speed
-    result, starts, codes = run_with_kills(tmp_path, sig, seed, kills=4, every=5,
-                                           max_delay=0.5 * duration)
-    assert_same(result, reference)
+    # kill points spread over the training, whatever the machine's speed; when the load
+    # changes and every run ends before its signal, try again with shorter delays
+    for attempt in range(4):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        result, starts, codes = run_with_kills(folder, sig, seed + 10 * attempt, kills=4,
+                                               every=5, max_delay=0.5 * duration / 2**attempt)
+        assert_same(result, reference)
+        if any(t > 0 for t in starts[1:]):
+            break
     assert starts[0] == 0
     assert any(t > 0 for t in starts[1:]), starts  # at least one run really resumed
     if sig == signal.SIGTERM:  # and one stopped through TrainingInterrupted
