@@ -29,28 +29,56 @@ CONFIGS = {"mnist": ([784, 512, 256, 10], 256), "wide": ([784, 2048, 2048, 10], 
 
 
 class TimedComm:
-    """Forwards to an mpi4py communicator, timing the buffer collectives and their bytes."""
+    """Forwards to an mpi4py communicator, timing its buffer collectives and the bytes sent.
 
-    def __init__(self, comm):
-        self._comm, self.seconds, self.bytes = comm, 0.0, 0
+    Point-to-point messages count their bytes at Isend; the time they take is counted by
+    :func:`timed_waitall`, which stands in for MPI.Request.Waitall in cbn._distributed.
+    """
+
+    def __init__(self, comm, clock):
+        self._comm, self.clock = comm, clock
 
     def __getattr__(self, name):
         attr = getattr(self._comm, name)
-        if name not in ("Allgather", "Alltoallv", "Allgatherv", "Bcast"):
+        if name not in ("Allgather", "Alltoallv", "Allgatherv", "Bcast", "Isend"):
             return attr
+        clock, P = self.clock, self._comm.Get_size()
 
         def timed(send, *rest, **kw):
             start = time.perf_counter()
             result = attr(send, *rest, **kw)
-            self.seconds += time.perf_counter() - start
+            clock.seconds += time.perf_counter() - start
             buf = send[0] if isinstance(send, list) else send
-            if isinstance(buf, np.ndarray):
-                self.bytes += buf.nbytes * (self._comm.Get_size() - 1) // max(
-                    1, self._comm.Get_size()) if name == "Alltoallv" else buf.nbytes
-            elif name == "Allgatherv":   # in place: this rank's chunk goes to P - 1 others
-                self.bytes += rest[0][0].nbytes // self._comm.Get_size()
+            if name == "Alltoallv":
+                clock.bytes += buf.nbytes * (P - 1) // P
+            elif name == "Allgatherv" and not isinstance(buf, np.ndarray):   # in place
+                clock.bytes += rest[0][0].nbytes // P
+            elif isinstance(buf, np.ndarray):
+                clock.bytes += buf.nbytes
             return result
         return timed
+
+
+class Clock:
+    seconds, bytes = 0.0, 0
+
+
+def timed_mpi(clock):
+    """cbn._distributed's MPI module with Request.Waitall timed on clock."""
+    from mpi4py import MPI
+
+    class Request:
+        @staticmethod
+        def Waitall(requests):
+            start = time.perf_counter()
+            MPI.Request.Waitall(requests)
+            clock.seconds += time.perf_counter() - start
+
+    class Module:
+        def __getattr__(self, name):
+            return Request if name == "Request" else getattr(MPI, name)
+    module = Module()
+    return lambda: module
 
 
 def worker(steps):
@@ -70,7 +98,12 @@ def worker(steps):
         net = cbn.Network(sizes, seed=0, comm=comm)
         timed = None
         if comm is not None:
-            timed = net._sync.comm = TimedComm(comm)
+            from cbn import _distributed
+            timed = Clock()
+            net._sync.comm = TimedComm(comm, timed)
+            if hasattr(net._sync, "_peers"):
+                net._sync._peers = TimedComm(net._sync._peers, timed)
+            _distributed._mpi = timed_mpi(timed)
         for _ in range(3):
             net.train_step(X[a:b], y[a:b])
         times, comm_times, comm_bytes = [], [], []

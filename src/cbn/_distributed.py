@@ -7,8 +7,8 @@ MPI-free.
 
 Every reduction is done in a fixed order (rank 0 first), never by MPI_Allreduce on floats,
 whose algorithm (and so its order of additions) the MPI library may choose per call: ranks
-exchange their numbers with data-movement collectives (Allgather, Alltoallv, Allgatherv)
-and add them themselves, in rank order. All ranks therefore hold bit-identical parameters
+exchange their numbers with data-movement collectives (Allgather) and point-to-point
+messages, and add them themselves, in rank order. All ranks therefore hold bit-identical parameters
 after every step, whatever the library. Integers are summed with Allreduce (exact).
 
 Per training step, with L batch-norm layers of widths D_l and n parameters:
@@ -17,10 +17,17 @@ Per training step, with L batch-norm layers of widths D_l and n parameters:
 - forward, per batch-norm layer: Allgather of (n_r, mean_r, M2_r), 2 D_l + 1 doubles, merged
   in rank order with Chan et al.'s formula;
 - backward, per batch-norm layer: Allgather of (sum dZt, sum dZt (Z - mean)), 2 D_l doubles;
-- the loss: Allgather of one double;
-- the gradient: a reduce-scatter (Alltoallv of n/P-chunks, each rank adding its chunk in
-  rank order) and an Allgatherv of the sums: 2 (P - 1)/P n values sent per rank, the
-  bandwidth of a ring allreduce, and deterministic.
+- the gradient, with point-to-point messages on a duplicate of the communicator: a
+  reduce-scatter (rank q receives chunk q, about n/P values, of every rank and adds them in
+  rank order into its own buffer), then an all-gather of the sums: 2 (P - 1)/P n values sent
+  per rank, the bandwidth of a ring allreduce, and deterministic. The losses travel with the
+  first half; in a training step each rank also adds the weight decay to its chunk of the
+  sum and finds the chunk's largest |gradient|, which travels with the second half, so the
+  divergence check costs 1/P of a pass and every rank takes the same decision.
+
+The parameter update itself (optimizer and running statistics) runs on every rank over the
+whole buffer: sharding it would leave each rank's optimizer state current on its own chunk
+only.
 """
 import json
 import weakref
@@ -239,6 +246,7 @@ class Sync:
             if name == "W" and start < stop:
                 self._decayed.append(slice(start, stop))
             offset += size
+        self._int_send, self._int_sum = np.zeros(1, np.int64), np.zeros(1, np.int64)
         self._small_send = np.empty(2)        # (this rank's loss, its chunk's largest |g|)
         self._small_table = np.empty((P, 2))
         self._step_decay = None               # set by training_gradients for one step
@@ -326,8 +334,10 @@ class Sync:
                 f"must make the same changes to the network)")
 
     def sum_int(self, value):
-        """Sum an integer over all ranks (exact)."""
-        return self.comm.allreduce(int(value))
+        """Sum an integer over all ranks (exact; a buffer Allreduce, no pickling)."""
+        self._int_send[0] = value
+        self.comm.Allreduce([self._int_send, _mpi().INT64_T], [self._int_sum, _mpi().INT64_T])
+        return int(self._int_sum[0])
 
     def sum_doubles(self, values):
         """Sum a few doubles over all ranks in rank order (identical on every rank)."""
