@@ -322,6 +322,15 @@ def check_bad_input():
         assert np.array_equal(net._running, before[1])
         assert all(np.array_equal(v, w) for v, w in zip(net.optimizer.state.values(), before[2]))
         identical_on_all_ranks(net, f"after a divergent step ({where})")
+    # the weight decay overflows in rank 0's chunk under np.seterr(over="raise"): every rank
+    # refuses the step (none is left waiting for rank 0's sum)
+    net = make(comm, dtype="float32")
+    net.parameters()["0.W"].flat[0] = 1e37
+    before = net._params.copy()
+    with np.errstate(over="raise"):
+        expect_all_raise(FloatingPointError, lambda: net.fit(
+            X[a:b], y[a:b], epochs=1, batch_size=9, weight_decay=100.0), ["diverged"])
+    assert np.array_equal(net._params, before)
     passed("a divergent step is refused on all ranks")
 
 

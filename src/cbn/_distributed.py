@@ -292,24 +292,26 @@ class Sync:
         loss = 0.0
         for value in table[:, 0]:   # rank order
             loss += float(value)
-        # own = chunk_0 + chunk_1 + ... in rank order, own chunk r added in place (a + b is
-        # b + a bit for bit, so ((c0 + c1) + own) may be computed as own = (c0 + c1) + own)
-        if r > 0:
-            acc = received[0]
-            for q in range(1, r):
-                acc += received[q]
-            np.add(acc, own, out=own)
-        for q in range(r + 1, self.size):
-            own += received[q]
         decay = self._step_decay
-        if decay is not None:   # a training step: decay and check this chunk of the sum
-            if decay:
+        # Only this rank makes this sum, so numpy must not raise here (np.seterr) while the
+        # others wait: an overflow becomes inf, which the divergence check refuses everywhere.
+        with np.errstate(over="ignore", invalid="ignore"):
+            # own = chunk_0 + chunk_1 + ... in rank order, own chunk r added in place (a + b
+            # is b + a bit for bit, so ((c0 + c1) + own) may be computed as own = (c0 + c1)
+            # + own)
+            if r > 0:
+                acc = received[0]
+                for q in range(1, r):
+                    acc += received[q]
+                np.add(acc, own, out=own)
+            for q in range(r + 1, self.size):
+                own += received[q]
+            if decay:   # a training step inside fit(weight_decay=...)
                 params = self._net()._params
                 for part in self._decayed:
                     grads[part] += decay * params[part]
-            small_send[1] = _kernels.largest_magnitude(own)
-        else:
-            small_send[1] = 0.0
+        # a training step checks this chunk of the sum for divergence
+        small_send[1] = 0.0 if decay is None else _kernels.largest_magnitude(own)
         requests = [comm.Irecv([grads[self._chunk[q]], kind], source=q, tag=3) for q in peers]
         requests += [comm.Irecv([table[q, 1:], self._double], source=q, tag=4) for q in peers]
         requests += [comm.Isend([own, kind], dest=q, tag=3) for q in peers]
