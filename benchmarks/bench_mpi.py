@@ -1,6 +1,7 @@
 """Data-parallel training step: 1 process x 2 BLAS threads against 2 MPI ranks x 1 thread.
 
-    python benchmarks/bench_mpi.py [--steps 15] [--rounds 2]   # needs cbn[mpi] and mpiexec
+    python benchmarks/bench_mpi.py [--steps 15] [--rounds 2] [--baseline DIR]
+    # needs cbn[mpi] and mpiexec; --baseline DIR also times the cbn package in DIR
     (root: export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)
 
 Per global step (median) on the mnist-sized [784, 512, 256, 10] / 256 and the wide
@@ -29,28 +30,56 @@ CONFIGS = {"mnist": ([784, 512, 256, 10], 256), "wide": ([784, 2048, 2048, 10], 
 
 
 class TimedComm:
-    """Forwards to an mpi4py communicator, timing the buffer collectives and their bytes."""
+    """Forwards to an mpi4py communicator, timing its buffer collectives and the bytes sent.
 
-    def __init__(self, comm):
-        self._comm, self.seconds, self.bytes = comm, 0.0, 0
+    Point-to-point messages count their bytes at Isend; the time they take is counted by
+    :func:`timed_waitall`, which stands in for MPI.Request.Waitall in cbn._distributed.
+    """
+
+    def __init__(self, comm, clock):
+        self._comm, self.clock = comm, clock
 
     def __getattr__(self, name):
         attr = getattr(self._comm, name)
-        if name not in ("Allgather", "Alltoallv", "Allgatherv", "Bcast"):
+        if name not in ("Allgather", "Alltoallv", "Allgatherv", "Bcast", "Isend"):
             return attr
+        clock, P = self.clock, self._comm.Get_size()
 
         def timed(send, *rest, **kw):
             start = time.perf_counter()
             result = attr(send, *rest, **kw)
-            self.seconds += time.perf_counter() - start
+            clock.seconds += time.perf_counter() - start
             buf = send[0] if isinstance(send, list) else send
-            if isinstance(buf, np.ndarray):
-                self.bytes += buf.nbytes * (self._comm.Get_size() - 1) // max(
-                    1, self._comm.Get_size()) if name == "Alltoallv" else buf.nbytes
-            elif name == "Allgatherv":   # in place: this rank's chunk goes to P - 1 others
-                self.bytes += rest[0][0].nbytes // self._comm.Get_size()
+            if name == "Alltoallv":
+                clock.bytes += buf.nbytes * (P - 1) // P
+            elif name == "Allgatherv" and not isinstance(buf, np.ndarray):   # in place
+                clock.bytes += rest[0][0].nbytes // P
+            elif isinstance(buf, np.ndarray):
+                clock.bytes += buf.nbytes
             return result
         return timed
+
+
+class Clock:
+    seconds, bytes = 0.0, 0
+
+
+def timed_mpi(clock):
+    """cbn._distributed's MPI module with Request.Waitall timed on clock."""
+    from mpi4py import MPI
+
+    class Request:
+        @staticmethod
+        def Waitall(requests):
+            start = time.perf_counter()
+            MPI.Request.Waitall(requests)
+            clock.seconds += time.perf_counter() - start
+
+    class Module:
+        def __getattr__(self, name):
+            return Request if name == "Request" else getattr(MPI, name)
+    module = Module()
+    return lambda: module
 
 
 def worker(steps):
@@ -70,7 +99,12 @@ def worker(steps):
         net = cbn.Network(sizes, seed=0, comm=comm)
         timed = None
         if comm is not None:
-            timed = net._sync.comm = TimedComm(comm)
+            from cbn import _distributed
+            timed = Clock()
+            net._sync.comm = TimedComm(comm, timed)
+            if hasattr(net._sync, "_peers"):
+                net._sync._peers = TimedComm(net._sync._peers, timed)
+            _distributed._mpi = timed_mpi(timed)
         for _ in range(3):
             net.train_step(X[a:b], y[a:b])
         times, comm_times, comm_bytes = [], [], []
@@ -120,6 +154,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also time 2 ranks on the cbn package in DIR (PYTHONPATH=DIR, "
+                             "e.g. a copy of src/ at an older commit), interleaved")
     parser.add_argument("--worker", action="store_true")
     args = parser.parse_args()
     if args.worker:
@@ -135,9 +172,12 @@ def main():
     env = dict(os.environ)
     mpiexec = [shutil.which("mpiexec") or "mpiexec", "-n", "2"]
 
-    def measure(command, threads):
-        out = subprocess.run(command, env=dict(env, OPENBLAS_NUM_THREADS=str(threads)),
-                             check=True, capture_output=True, text=True).stdout
+    def measure(command, threads, path=None):
+        run_env = dict(env, OPENBLAS_NUM_THREADS=str(threads))
+        if path is not None:
+            run_env["PYTHONPATH"] = path
+        out = subprocess.run(command, env=run_env, check=True, capture_output=True,
+                             text=True).stdout
         return json.loads(out.replace("\0", "").strip().splitlines()[-1])
 
     def best(runs):   # per configuration, the round with the fastest median step
@@ -150,6 +190,8 @@ def main():
         rounds["one"].append(measure(me, 2))
         rounds["two"].append(measure(mpiexec + me, 1))
         rounds["one_1t"].append(measure(me, 1))
+        if args.baseline:
+            rounds.setdefault("base", []).append(measure(mpiexec + me, 1, args.baseline))
     one, one_1t, two = best(rounds["one"]), best(rounds["one_1t"]), best(rounds["two"])
     print(f"\nper global step, float32, median of {args.steps} steps, best of {args.rounds} "
           f"rounds (provisional on a busy machine)")
@@ -161,6 +203,14 @@ def main():
               f"{a['step'] / b['step']:9.2f}x {b['comm'] * 1e3:9.2f} {b['bytes'] / 1e6:13.2f}")
     print("(2r/1p x2t: throughput of 2 ranks relative to 1 process with 2 threads; in MPI: "
           "time inside MPI calls, including waiting for the slower rank)")
+    if args.baseline:
+        base = best(rounds["base"])
+        print(f"\nbaseline {args.baseline}, 2 ranks x 1 thread, same rounds:")
+        for name in CONFIGS:
+            a, b, c = one[name], two[name], base[name]
+            print(f"{name:8} {c['step'] * 1e3:11.2f} ms ({a['step'] / c['step']:.2f}x of 1p x 2t;"
+                  f" this tree {c['step'] / b['step']:.2f}x faster), in MPI "
+                  f"{c['comm'] * 1e3:.2f} ms, {c['bytes'] / 1e6:.2f} MB sent/rank")
     alpha, bandwidth = two["alpha"], two["bandwidth"]
     print(f"\nmeasured here: alpha {alpha * 1e6:.1f} us, bandwidth {bandwidth / 1e9:.2f} GB/s "
           f"(shared memory)")

