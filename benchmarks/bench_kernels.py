@@ -7,9 +7,9 @@
 Every array is 64 MiB (twice a 32 MiB last-level cache), so the kernels stream from memory.
 For each kernel the table prints its effective bandwidth (the bytes it must read and write
 at least, over its median time) for every thread count, the speed-up over one thread and
-the effective bandwidth as a share of a plain copy's (np.copyto of one array: 2 x 64 MiB
-moved) measured in the same run. The "copy x2" row copies the two halves of the array on
-two threads at once: what memory gives two cores, the ceiling of any bandwidth-bound kernel.
+the effective bandwidth as a share of a plain copy's on as many threads (np.copyto of one
+array, 2 x 64 MiB moved, cut into one piece per thread) measured in the same run: the copy
+row shows what memory gives one and two cores, the ceiling of a bandwidth-bound kernel.
 Thread counts alternate within each repetition (cbn.set_num_threads), so a noisy neighbour
 hurts them alike; figures are medians over the repetitions.
 
@@ -82,8 +82,7 @@ def kernels(dtype):
     forward()
     array = n * itemsize
     return {  # name: (call, bytes it must move at least)
-        "copy": (lambda t: copy_on_threads(dst, src, 1), 2 * array),
-        "copy x2": (lambda t: copy_on_threads(dst, src, 2), 2 * array),
+        "copy": (lambda t: copy_on_threads(dst, src, t), 2 * array),
         "bn+relu forward": (lambda t: forward(), 2 * array),        # Z in, A out
         "bn+relu backward": (lambda t: backward(), 4 * array),      # dA, A, Z in, dZ out
         "bn+relu fwd+bwd": (lambda t: (forward(), backward()), 6 * array),
@@ -109,15 +108,16 @@ def measure(dtype, thread_counts, repeats, reps):
 
 
 def print_table(dtype, thread_counts, times, sizes):
-    copy = sizes["copy"] / times["copy"][1] / 1e9
+    copy = {t: sizes["copy"] / times["copy"][t] / 1e9 for t in thread_counts}
     head = (["kernel"] + [f"GB/s {t} thr" for t in thread_counts]
-            + [f"x{t}/x1" for t in thread_counts[1:]] + ["of copy (1 thr)"])
+            + [f"{t} thr / 1" for t in thread_counts[1:]]
+            + [f"of copy {t} thr" for t in thread_counts])
     rows = []
     for name, per in times.items():
-        gbs = [sizes[name] / per[t] / 1e9 for t in thread_counts]
-        rows.append([name] + [f"{g:.1f}" for g in gbs]
+        gbs = {t: sizes[name] / per[t] / 1e9 for t in thread_counts}
+        rows.append([name] + [f"{gbs[t]:.1f}" for t in thread_counts]
                     + [f"{per[1] / per[t]:.2f}" for t in thread_counts[1:]]
-                    + [f"{gbs[0] / copy:.2f}"])
+                    + [f"{gbs[t] / copy[t]:.2f}" for t in thread_counts])
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     print(f"\n{dtype}, arrays of {ARRAY_BYTES >> 20} MiB (batch norm on {BN_ROWS} rows)")
     for r in [head, ["-" * w for w in widths]] + rows:

@@ -239,6 +239,21 @@ def test_float32_backward_matches_float64_where_its_terms_cancel(activation, N, 
         assert np.any(np.abs(naive_dgamma - dgamma64) > 1e-4 * total)
 
 
+def test_a_units_results_do_not_depend_on_the_other_units(dtype, rng):
+    """Units are computed block by block (4096 units) and split among threads: the bits of
+    a unit must not depend on where its block starts or how wide the layer is."""
+    N, D = 37, 4100                     # two blocks, the second 4 units wide
+    Z, gamma, beta = layer_inputs(rng, N, D, dtype)
+    dA = rng.standard_normal((N, D)).astype(dtype)
+    full = bn_forward(Z, gamma, beta, "relu") + bn_backward(dA, Z, gamma, beta, "relu")
+    for cols in (slice(4090, 4100), slice(3, 7)):
+        part = (bn_forward(np.ascontiguousarray(Z[:, cols]), gamma[cols], beta[cols], "relu")
+                + bn_backward(np.ascontiguousarray(dA[:, cols]), np.ascontiguousarray(Z[:, cols]),
+                              gamma[cols], beta[cols], "relu"))
+        for whole, piece in zip(full, part):
+            assert np.array_equal(whole[..., cols], piece)
+
+
 def test_wrappers_refuse_mismatched_shapes():
     Z = np.zeros((4, 3))
     with pytest.raises(ValueError, match="gamma and beta"):
