@@ -27,7 +27,7 @@ in double. In float32 that means:
   in cache (its mean, then the centred sums around it, the "corrected two-pass" algorithm)
   and merged into the running mean and sum of squares with Chan's formula (DESIGN.md §8);
 - the backward's final combination c_dzt * dZt + c_z * (Z - mean) + c_0, whose terms cancel
-  (exactly, at N = 2), is computed in double.
+  (almost exactly at N = 2), is computed in double.
 """
 from cython cimport floating
 from libc.math cimport sqrt
