@@ -25,6 +25,8 @@ cdef extern from *:
     #include <stddef.h>
     #include <stdint.h>
     #define CBN_MAX_THREADS 64
+    #define CBN_MIN_CHUNK_GRAINS 64
+    #define CBN_STACK_BYTES ((size_t)2 << 20)
     typedef void (*cbn_task_fn)(void *ctx, Py_ssize_t begin, Py_ssize_t end, int part);
     typedef int (*cbn_count_fn)(void);
 
@@ -122,7 +124,7 @@ cdef extern from *:
                                  Py_ssize_t min_work) {
         static int fork_handler = 0;
         int threads = cbn_threads_wanted(), chunks;
-        Py_ssize_t n_grains = (n + grain - 1) / grain;
+        Py_ssize_t n_grains = (n + grain - 1) / grain, wide;
         if (min_work < 1) min_work = 1;
         if (threads > n / min_work) threads = (int)(n / min_work);
         if (threads > n_grains) threads = (int)n_grains;
@@ -138,16 +140,24 @@ cdef extern from *:
         while (cbn_pool.started < threads - 1) {
             pthread_t thread;
             pthread_attr_t attr;
+            size_t stack;
             int failed;
             pthread_attr_init(&attr);
             pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            /* the batch-norm kernels keep per-unit arrays on the stack (about 256 KiB) */
+            if (pthread_attr_getstacksize(&attr, &stack) == 0 && stack < CBN_STACK_BYTES)
+                pthread_attr_setstacksize(&attr, CBN_STACK_BYTES);
             failed = pthread_create(&thread, &attr, cbn_worker, NULL);
             pthread_attr_destroy(&attr);
             if (failed) break;
             cbn_pool.started++;
         }
-        chunks = 4 * threads;
-        if (chunks > n_grains) chunks = (int)n_grains;
+        /* a few chunks per thread balance the load, but never chunks of fewer than
+           CBN_MIN_CHUNK_GRAINS grains: batch norm's chunks are ranges of units, and each
+           row's piece of a narrow range is a short run of memory, which the hardware
+           prefetchers follow badly (at two threads, four chunks each ran slower than one) */
+        wide = n_grains / CBN_MIN_CHUNK_GRAINS;
+        chunks = wide < threads ? threads : wide > 4 * threads ? 4 * threads : (int)wide;
         if (chunks > CBN_MAX_THREADS) chunks = CBN_MAX_THREADS;
         cbn_pool.fn = fn; cbn_pool.ctx = ctx; cbn_pool.n = n; cbn_pool.grain = grain;
         cbn_pool.chunks = chunks;
