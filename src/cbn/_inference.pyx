@@ -13,6 +13,7 @@ cdef extern from "cbn_model.c" nogil:
         size_t n_in
         size_t n_out
         const void *W
+        const void *Wp
         const void *scale
         const void *shift
     ctypedef struct cbn_model:
@@ -44,30 +45,31 @@ cdef extern from "cbn_model.c" nogil:
 cdef extern from *:
     """
     static int cbn__compiled_for_avx2(void) {
-    #ifdef __AVX2__
+    #if defined(__AVX2__) && defined(__FMA__)
         return 1;
     #else
         return 0;
     #endif
     }
-    static int cbn__cpu_has_avx2(void) {
+    static int cbn__cpu_has_avx2_fma(void) {
     #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     #else
         return 0;
     #endif
     }
     """
     int cbn__compiled_for_avx2() nogil
-    int cbn__cpu_has_avx2() nogil
+    int cbn__cpu_has_avx2_fma() nogil
 
+# "avx2": compiled for AVX2 and FMA (setup.py's _inference_avx2)
 INSTRUCTION_SET = "avx2" if cbn__compiled_for_avx2() else "baseline"
 OUTPUTS = {"softmax": 0, "sigmoid": 1, "linear": 2}   # CBN_OUT_* of cbn_model.c
 
 
-def cpu_has_avx2():
-    return bool(cbn__cpu_has_avx2())
+def cpu_has_avx2_fma():
+    return bool(cbn__cpu_has_avx2_fma())
 
 
 def sha256(const unsigned char[::1] data):
@@ -152,7 +154,8 @@ cdef class _Model:
         for l in range(self.n_layers):
             a = &self.arrays[l]
             n = a.n_out
-            cl[l].n_in, cl[l].n_out, cl[l].W = a.n_in, n, a.W
+            # no packed copy of W: in-place edits of W must be seen at the next call
+            cl[l].n_in, cl[l].n_out, cl[l].W, cl[l].Wp = a.n_in, n, a.W, NULL
             if a.gamma == NULL:
                 cl[l].scale, cl[l].shift = NULL, a.b
                 continue
