@@ -113,6 +113,8 @@ typedef double cbn__vd __attribute__((vector_size(CBN_VECTOR_BYTES)));
 #define CBN_DISPATCH 1
 #endif
 #endif
+#define CBN_FMA1_f32 fmaf
+#define CBN_FMA1_f64 fma
 #define CBN_FMA_LANES(acc, v, s, LANES, FMA) \
     do { int l_; for (l_ = 0; l_ < (LANES); l_++) (acc)[l_] = FMA((v)[l_], (s), (acc)[l_]); } \
     while (0)
@@ -164,8 +166,6 @@ static TARGET void cbn__k##U##_##H##_##S##N(const T *xT, size_t ld, const T *W, 
 }
 #else
 /* Without vector extensions: the same sums, element by element. */
-#define CBN_FMA1_f32 fmaf
-#define CBN_FMA1_f64 fma
 #define CBN_KERNEL(S, N, TARGET, FMA, T, V, LANES, U, H) \
 static void cbn__k##U##_##H##_##S##N(const T *xT, size_t ld, const T *W, size_t K, T *zT) { \
     size_t u, r, k; \
@@ -427,41 +427,14 @@ static TARGET void cbn__gemm_##S##N(const T *xT, size_t rows, const T *W, const 
     } \
 }
 
-#define CBN_NO_TARGET
-#define CBN_GEMMS(N, TARGET, FMA32, FMA64) \
-    CBN_TILES(N, TARGET) \
-    CBN_GEMM(f32, N, TARGET, FMA32, float, cbn__vf, CBN_LANES_F32) \
-    CBN_GEMM(f64, N, TARGET, FMA64, double, cbn__vd, CBN_LANES_F64)
 
-CBN_GEMMS(, CBN_NO_TARGET, CBN_FMA_f32, CBN_FMA_f64)
-#ifdef CBN_DISPATCH
-CBN_GEMMS(_fma, __attribute__((target("avx2,fma"))), CBN_FMA_X86_f32, CBN_FMA_X86_f64)
-#endif
-
-/* 1 where this call takes the gemm compiled for AVX2 + FMA (CBN_DISPATCH: the CPU has both). */
-static int cbn__use_fma_build(void) {
-#ifdef CBN_DISPATCH
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
-}
-
-#ifdef CBN_DISPATCH
-#define CBN_GEMM_CALL(S, fast, a, rows, W, Wp, K, n, z) \
-    ((fast) ? cbn__gemm_##S##_fma(a, rows, W, Wp, K, n, z) \
-            : cbn__gemm_##S(a, rows, W, Wp, K, n, z))
-#else
-#define CBN_GEMM_CALL(S, fast, a, rows, W, Wp, K, n, z) \
-    ((void)(fast), cbn__gemm_##S(a, rows, W, Wp, K, n, z))
-#endif
-
-/* Everything else that depends on the element type T, instantiated for float and double. */
-#define CBN_DEFINE(S, T, V, LANES, T_MAX, ROW_BLOCK) \
+/* The rest of a build of the forward pass, for element type T (N and TARGET as for the
+   gemm). */
+#define CBN_DEFINE(S, N, TARGET, T, LANES, T_MAX, ROW_BLOCK) \
 /* Hidden layer, in place over the rows r < rows of zT (layout of gemm): g(z * scale + shift), \
    or g(z + shift) without batch norm. */ \
-static void cbn__activate_##S(T *zT, size_t rows, size_t n, const T *scale, const T *shift, \
+static TARGET void cbn__activate_##S##N(T *zT, size_t rows, size_t n, const T *scale, \
+                                         const T *shift, \
                               int activation, double slope) { \
     const size_t G = 2 * LANES; \
     size_t g, j, r; \
@@ -471,7 +444,7 @@ static void cbn__activate_##S(T *zT, size_t rows, size_t n, const T *scale, cons
             T *z = zT + (g * n + j) * G, sh = shift[j]; \
             if (scale) { \
                 T sc = scale[j]; \
-                for (r = 0; r < count; r++) { T t = z[r] * sc; z[r] = t + sh; } \
+                for (r = 0; r < count; r++) z[r] = CBN_FMA1_##S(z[r], sc, sh); \
             } \
             else for (r = 0; r < count; r++) z[r] = z[r] + sh; \
             switch (activation) { \
@@ -491,7 +464,8 @@ static void cbn__activate_##S(T *zT, size_t rows, size_t n, const T *scale, cons
 \
 /* Output layer: out rows from zT, + b and the output function (raw: W.a only). \
    Returns 1 if a value before the output function is not finite. */ \
-static int cbn__output_##S(const T *zT, size_t rows, size_t n, T *out, const T *bias, \
+static TARGET int cbn__output_##S##N(const T *zT, size_t rows, size_t n, T *out, \
+                                      const T *bias, \
                            int output, int raw) { \
     const size_t G = 2 * LANES; \
     size_t i, j; \
@@ -521,15 +495,15 @@ static int cbn__output_##S(const T *zT, size_t rows, size_t n, T *out, const T *
 /* The network on X[n_rows][n_in] into out[n_rows][n_out]; raw = 1 stops before the \
    output layer's bias (logits W.a, for the loss). ws: cbn__workspace_bytes(m, n_rows) bytes. \
    Returns CBN_OK or CBN_ERR_OVERFLOW. */ \
-static int cbn__forward_##S(const cbn_model *m, const T *X, size_t n_rows, T *out, int raw, \
-                            void *ws) { \
+static TARGET int cbn__forward_##S##N(const cbn_model *m, const T *X, size_t n_rows, T *out, \
+                                      int raw, void *ws) { \
     const size_t L = m->n_layers, n_in = m->layers[0].n_in, n_out = m->layers[L - 1].n_out; \
     /* room for ld rows per unit: a row block, or fewer for small batches */ \
     const size_t group = 2 * LANES; \
     const size_t ld = n_rows < ROW_BLOCK ? (n_rows + group - 1) / group * group : ROW_BLOCK; \
     T *buf0 = (T *)ws, *buf1 = buf0 + ld * m->max_width; \
     size_t r0, l, r, k, g; \
-    int bad = 0, fast = cbn__use_fma_build(); \
+    int bad = 0; \
     for (r0 = 0; r0 < n_rows; r0 += ROW_BLOCK) { \
         size_t rows = n_rows - r0 < ROW_BLOCK ? n_rows - r0 : ROW_BLOCK; \
         size_t groups = (rows + group - 1) / group; \
@@ -548,13 +522,13 @@ static int cbn__forward_##S(const cbn_model *m, const T *X, size_t n_rows, T *ou
         for (l = 0; l < L; l++) { \
             const cbn_layer *ly = &m->layers[l]; \
             T *z = a == buf0 ? buf1 : buf0; \
-            CBN_GEMM_CALL(S, fast, a, rows, (const T *)ly->W, (const T *)ly->Wp, ly->n_in, \
-                          ly->n_out, z); \
+            cbn__gemm_##S##N(a, rows, (const T *)ly->W, (const T *)ly->Wp, ly->n_in, \
+                             ly->n_out, z); \
             if (l < L - 1) \
-                cbn__activate_##S(z, rows, ly->n_out, (const T *)ly->scale, \
+                cbn__activate_##S##N(z, rows, ly->n_out, (const T *)ly->scale, \
                                   (const T *)ly->shift, m->activation, m->slope); \
             else \
-                bad |= cbn__output_##S(z, rows, n_out, out + r0 * n_out, \
+                bad |= cbn__output_##S##N(z, rows, n_out, out + r0 * n_out, \
                                        (const T *)ly->shift, m->output, raw); \
             a = z; \
         } \
@@ -562,8 +536,49 @@ static int cbn__forward_##S(const cbn_model *m, const T *X, size_t n_rows, T *ou
     return bad ? CBN_ERR_OVERFLOW : CBN_OK; \
 }
 
-CBN_DEFINE(f32, float, cbn__vf, CBN_LANES_F32, FLT_MAX, CBN_ROW_BLOCK_F32)
-CBN_DEFINE(f64, double, cbn__vd, CBN_LANES_F64, DBL_MAX, CBN_ROW_BLOCK_F64)
+#define CBN_BUILD(N, TARGET, FMA32, FMA64) \
+    CBN_TILES(N, TARGET) \
+    CBN_GEMM(f32, N, TARGET, FMA32, float, cbn__vf, CBN_LANES_F32) \
+    CBN_GEMM(f64, N, TARGET, FMA64, double, cbn__vd, CBN_LANES_F64) \
+    CBN_DEFINE(f32, N, TARGET, float, CBN_LANES_F32, FLT_MAX, CBN_ROW_BLOCK_F32) \
+    CBN_DEFINE(f64, N, TARGET, double, CBN_LANES_F64, DBL_MAX, CBN_ROW_BLOCK_F64)
+
+#define CBN_NO_TARGET
+CBN_BUILD(_base, CBN_NO_TARGET, CBN_FMA_f32, CBN_FMA_f64)
+#ifdef CBN_DISPATCH
+CBN_BUILD(_fma, __attribute__((target("avx2,fma"))), CBN_FMA_X86_f32, CBN_FMA_X86_f64)
+#endif
+
+#ifdef CBN_DISPATCH
+#define CBN_FORWARD_FMA(S, ...) cbn__forward_##S##_fma(__VA_ARGS__)
+#else
+#define CBN_FORWARD_FMA(S, ...) CBN_OK   /* never taken */
+#endif
+
+/* 1 where forward takes the build for AVX2 + FMA (CBN_DISPATCH: the CPU has both). */
+static int cbn__use_fma_build(void) {
+#ifdef CBN_DISPATCH
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+/* The network on X[n_rows][n_in] into out[n_rows][n_out]; raw = 1 stops before the
+   output layer's bias (logits W.a, for the loss). ws: cbn__workspace_bytes(m, n_rows) bytes.
+   Returns CBN_OK or CBN_ERR_OVERFLOW. */
+static int cbn__forward_f32(const cbn_model *m, const float *X, size_t n_rows, float *out,
+                            int raw, void *ws) {
+    return cbn__use_fma_build() ? CBN_FORWARD_FMA(f32, m, X, n_rows, out, raw, ws)
+                                : cbn__forward_f32_base(m, X, n_rows, out, raw, ws);
+}
+
+static int cbn__forward_f64(const cbn_model *m, const double *X, size_t n_rows, double *out,
+                            int raw, void *ws) {
+    return cbn__use_fma_build() ? CBN_FORWARD_FMA(f64, m, X, n_rows, out, raw, ws)
+                                : cbn__forward_f64_base(m, X, n_rows, out, raw, ws);
+}
 
 /* Batch norm folded once, in double: scale = gamma / sqrt(var + eps),
    shift = beta - mean * scale, each rounded to the dtype. */
