@@ -264,11 +264,12 @@ def forward(net, X, bint raw, int n_threads):
     parts = max(1, min(n_threads, n // (2 * CBN_ROW_BLOCK_F32)))
     if parts == 1:
         return out, call.run(0, n, raw)
-    if _pool is None or _pool._max_workers < parts:
-        _pool = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="cbn-inference")
+    if _pool is None or _pool._max_workers < parts - 1:
+        _pool = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="cbn-inference")
     bounds = [n * t // parts for t in range(parts + 1)]
-    futures = [_pool.submit(call.run, bounds[t], bounds[t + 1], raw) for t in range(parts)]
-    overflowed = False
+    # the calling thread takes the last part itself (one hand-off fewer per call)
+    futures = [_pool.submit(call.run, bounds[t], bounds[t + 1], raw) for t in range(parts - 1)]
+    overflowed = call.run(bounds[parts - 1], bounds[parts], raw)
     for f in futures:
         overflowed |= f.result()
     return out, overflowed
