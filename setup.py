@@ -38,10 +38,16 @@ def extension(name):
     compile_args = [] if os.name == "nt" else ["-O3", "-fno-math-errno"]
     if name.endswith("_avx2") and AVX2:
         compile_args += ["-mavx2", "-ffp-contract=off"]
+        if name == "_inference_avx2":
+            # cbn_model.c adds products by explicit fused multiply-adds (the same bits in
+            # every build); cbn._predict takes this build where the CPU has AVX2 and FMA
+            compile_args += ["-mfma"]
     elif name.startswith("_inference") and os.name != "nt":
-        # cbn_model.c's kernel: never a fused multiply-add (GCC fuses by default in GNU mode
-        # where the target has FMA, e.g. aarch64), so every build gives the C library's bits
-        compile_args += ["-ffp-contract=off"]
+        # cbn_model.c contracts nothing but its explicit fused multiply-adds (GCC would fuse
+        # a*b + c by default in GNU mode where the target has FMA, e.g. aarch64); where the
+        # AVX2 build exists, this one is the portable kernel (fma() per product), without
+        # the AVX2 + FMA kernel that cbn_model.c would otherwise pick at run time
+        compile_args += ["-ffp-contract=off"] + (["-DCBN_NO_DISPATCH"] if AVX2 else [])
     link_args = ["-pthread"] if name == "_parallel" and os.name != "nt" else []
     compile_args += link_args
     return Extension(f"cbn.{name}", [f"src/cbn/{name}.pyx"], extra_compile_args=compile_args,

@@ -108,30 +108,52 @@ def test_c_library_gives_pythons_bits_on_the_mnist_sized_network(driver, tmp_pat
     assert c_outputs(driver, net, X, tmp_path).tobytes() == net.predict_proba(X).tobytes()
 
 
+# Builds of cbn_model.c besides the documented line: the README's faster line (AVX2 and FMA
+# instructions where the CPU has them); GNU mode, which contracts a*b + c where it can (the
+# file's only multiply-adds are explicit, so the AVX2 + FMA build chosen at run time has
+# nothing left to contract); the portable kernel without that build (fma() lane by lane);
+# no vector extensions at all (what a compiler without GCC's extensions runs).
+BUILDS = {"native": ("-O3", "-march=native", "-ffp-contract=off"),
+          "gnu": ("-std=gnu99",),
+          "portable": ("-DCBN_NO_DISPATCH",),
+          "scalar": ("-DCBN_NO_VECTORS",)}
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    folder, exes = str(tmp_path_factory.mktemp("cmodel_builds")), {}
+    for name, flags in BUILDS.items():
+        exe, proc = compile_driver(folder, f"cmodel_{name}", ("-Wall", "-Wextra", "-Werror", *flags))
+        if proc.returncode != 0 and name == "native":
+            exe = None   # the compiler does not take -march=native here
+        else:
+            assert proc.returncode == 0, proc.stderr
+        exes[name] = exe
+    return exes
+
+
+def build(builds, name):
+    if builds[name] is None:
+        pytest.skip("the compiler does not take -march=native here")
+    return builds[name]
+
+
+@pytest.mark.parametrize("name", list(BUILDS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_fast_compile_line_gives_the_same_bits(tmp_path, dtype):
-    """README's faster line: -O3 -march=native (AVX2, FMA where the CPU has them) with
-    -ffp-contract=off."""
-    exe, proc = compile_driver(str(tmp_path), "cmodel_native", ("-O3", "-march=native",
-                                                                "-ffp-contract=off"))
-    if proc.returncode != 0:
-        pytest.skip(f"the compiler does not take -march=native here: {proc.stderr[-300:]}")
+def test_other_builds_give_the_same_bits(builds, tmp_path, dtype, name):
+    exe = build(builds, name)
     net = trained([41, 33, 17, 6], dtype, "tanh", "softmax", True)
     X = np.random.default_rng(5).standard_normal((77, 41)).astype(dtype)
     assert c_outputs(exe, net, X, tmp_path).tobytes() == net.predict_proba(X).tobytes()
 
 
-@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("name", ["documented", *BUILDS])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_few_rows_in_c_give_the_bits_of_a_large_python_batch(driver, tmp_path, dtype, native):
+def test_few_rows_in_c_give_the_bits_of_a_large_python_batch(driver, builds, tmp_path, dtype,
+                                                             name):
     """1-4 rows take cbn_model.c's few-rows kernel (lanes across units, W tiles transposed in
     registers); 5 rows and more the row kernels. Units 16 + 8 + 5, K = 8 * 5 + 3."""
-    exe = driver
-    if native:
-        exe, proc = compile_driver(str(tmp_path), "cmodel_native", ("-O3", "-march=native",
-                                                                    "-ffp-contract=off"))
-        if proc.returncode != 0:
-            pytest.skip(f"the compiler does not take -march=native here: {proc.stderr[-300:]}")
+    exe = driver if name == "documented" else build(builds, name)
     net = trained([43, 29, 13, 4], dtype, "relu", "softmax", True)
     X = np.random.default_rng(6).standard_normal((150, 43)).astype(dtype)
     full = net.predict_proba(X)
@@ -140,7 +162,6 @@ def test_few_rows_in_c_give_the_bits_of_a_large_python_batch(driver, tmp_path, d
         assert got.tobytes() == full[start:start + n].tobytes(), (n, start)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_four_threads_on_one_model_give_the_same_bits(driver, tmp_path, dtype):
     net = trained([31, 40, 7], dtype)
     X = np.random.default_rng(4).standard_normal((517, 31)).astype(dtype)

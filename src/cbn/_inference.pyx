@@ -4,7 +4,8 @@
 # in Network; these functions trust their arguments.
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from libc.stdlib cimport calloc, free
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdlib cimport calloc, free, malloc
 
 import numpy as np
 
@@ -13,6 +14,7 @@ cdef extern from "cbn_model.c" nogil:
         size_t n_in
         size_t n_out
         const void *W
+        const void *Wp
         const void *scale
         const void *shift
     ctypedef struct cbn_model:
@@ -29,6 +31,7 @@ cdef extern from "cbn_model.c" nogil:
         CBN_FLOAT64
         CBN_OK
         CBN_ERR_OVERFLOW
+        CBN_ERR_NOMEM
         CBN_ROW_BLOCK_F32
     size_t cbn__workspace_bytes(const cbn_model *m, size_t n_rows)
     void cbn__fold_f32(const float *gamma, const float *beta, const float *mean,
@@ -44,30 +47,31 @@ cdef extern from "cbn_model.c" nogil:
 cdef extern from *:
     """
     static int cbn__compiled_for_avx2(void) {
-    #ifdef __AVX2__
+    #if defined(__AVX2__) && defined(__FMA__)
         return 1;
     #else
         return 0;
     #endif
     }
-    static int cbn__cpu_has_avx2(void) {
+    static int cbn__cpu_has_avx2_fma(void) {
     #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     #else
         return 0;
     #endif
     }
     """
     int cbn__compiled_for_avx2() nogil
-    int cbn__cpu_has_avx2() nogil
+    int cbn__cpu_has_avx2_fma() nogil
 
+# "avx2": compiled for AVX2 and FMA (setup.py's _inference_avx2)
 INSTRUCTION_SET = "avx2" if cbn__compiled_for_avx2() else "baseline"
 OUTPUTS = {"softmax": 0, "sigmoid": 1, "linear": 2}   # CBN_OUT_* of cbn_model.c
 
 
-def cpu_has_avx2():
-    return bool(cbn__cpu_has_avx2())
+def cpu_has_avx2_fma():
+    return bool(cbn__cpu_has_avx2_fma())
 
 
 def sha256(const unsigned char[::1] data):
@@ -152,7 +156,8 @@ cdef class _Model:
         for l in range(self.n_layers):
             a = &self.arrays[l]
             n = a.n_out
-            cl[l].n_in, cl[l].n_out, cl[l].W = a.n_in, n, a.W
+            # no packed copy of W: in-place edits of W must be seen at the next call
+            cl[l].n_in, cl[l].n_out, cl[l].W, cl[l].Wp = a.n_in, n, a.W, NULL
             if a.gamma == NULL:
                 cl[l].scale, cl[l].shift = NULL, a.b
                 continue
@@ -170,31 +175,57 @@ cdef class _Model:
 
 
 cdef class _Call:
-    """One forward call's model (layer table and folded batch norm in its own buffer)."""
+    """One forward call: its model (layer table and folded batch norm in its own buffer) and
+    the addresses of X and out, for the threads that share the rows."""
     cdef cbn_model model
-    cdef object buf
+    cdef unsigned char *buf
+    cdef const unsigned char *X
+    cdef unsigned char *out
+    cdef size_t x_row, out_row   # bytes per row
 
-    def run(self, X, out, size_t start, size_t stop, bint raw):
+    def __cinit__(self):
+        self.buf = NULL
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    def run(self, size_t start, size_t stop, bint raw):
         """Rows start:stop of X into out; True if an output-layer value was not finite."""
-        return run_rows(&self.model, X, out, start, stop, raw)
+        cdef int status
+        with nogil:
+            status = run_rows(&self.model, self.X + start * self.x_row,
+                              self.out + start * self.out_row, stop - start, raw)
+        if status == CBN_ERR_NOMEM:
+            raise MemoryError()
+        return status == CBN_ERR_OVERFLOW
 
 
-cdef bint run_rows(const cbn_model *model, X, out, size_t start, size_t stop, bint raw):
-    cdef const unsigned char[:, ::1] Xb = X.view(np.uint8)
-    cdef unsigned char[:, ::1] ob = out.view(np.uint8)
-    cdef unsigned char[::1] ws = np.empty(
-        cbn__workspace_bytes(model, stop - start if stop > start else 1), np.uint8)
+cdef int run_rows(const cbn_model *model, const void *X, void *out, size_t n, bint raw) \
+        noexcept nogil:
+    """cbn__forward_* over n rows with a workspace of its own: CBN_OK, CBN_ERR_OVERFLOW or
+    CBN_ERR_NOMEM."""
+    cdef void *ws
     cdef int status
-    if stop <= start:
-        return False
-    with nogil:
-        if model.dtype == CBN_FLOAT32:
-            status = cbn__forward_f32(model, <const float *> &Xb[start, 0], stop - start,
-                                      <float *> &ob[start, 0], raw, &ws[0])
-        else:
-            status = cbn__forward_f64(model, <const double *> &Xb[start, 0], stop - start,
-                                      <double *> &ob[start, 0], raw, &ws[0])
-    return status == CBN_ERR_OVERFLOW
+    if n == 0:
+        return CBN_OK
+    ws = malloc(cbn__workspace_bytes(model, n))
+    if ws == NULL:
+        return CBN_ERR_NOMEM
+    if model.dtype == CBN_FLOAT32:
+        status = cbn__forward_f32(model, <const float *> X, n, <float *> out, raw, ws)
+    else:
+        status = cbn__forward_f64(model, <const double *> X, n, <double *> out, raw, ws)
+    free(ws)
+    return status
+
+
+cdef void *data_address(array):
+    """The data pointer of a C-contiguous array, by the buffer protocol (the cheapest way)."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(array, &view, PyBUF_C_CONTIGUOUS)
+    address = view.buf
+    PyBuffer_Release(&view)
+    return address
 
 
 _pool = None
@@ -209,31 +240,36 @@ def forward(net, X, bint raw, int n_threads):
     thread or batch it is in. Returns (array, overflowed).
     """
     global _pool
-    cdef unsigned char[::1] buf
+    cdef _Call call
+    cdef _Model model
     layers = net.layers
     key = (tuple(layers), X.dtype, net._activation_code, net.output, net.negative_slope,
            net.bn_eps)
-    model = _models.get(net)
-    if model is None or model.key != key:
-        model = _Model(key, layers, X.dtype, net._activation_code, OUTPUTS[net.output],
+    found = _models.get(net)
+    if found is None or (<_Model> found).key != key:
+        found = _Model(key, layers, X.dtype, net._activation_code, OUTPUTS[net.output],
                        net.negative_slope, net.bn_eps)
-        _models[net] = model
+        _models[net] = found
+    model = <_Model> found
     call = _Call()
-    call.buf = np.empty((<_Model> model).buffer_bytes(), np.uint8)
-    buf = call.buf
-    call.model = (<_Model> model).prepare(&buf[0])
-    n = X.shape[0]
-    out = np.empty((n, layers[len(layers) - 1].W.shape[0]), X.dtype)
+    call.buf = <unsigned char *> malloc(model.buffer_bytes())
+    if call.buf == NULL:
+        raise MemoryError()
+    call.model = model.prepare(call.buf)
+    cdef size_t n = X.shape[0], n_out = layers[len(layers) - 1].W.shape[0]
+    out = np.empty((n, n_out), X.dtype)
+    call.X, call.out = <const unsigned char *> data_address(X), <unsigned char *> data_address(out)
+    call.x_row, call.out_row = X.shape[1] * model.item, n_out * model.item
     # a thread gets at least a few row blocks (splitting smaller batches costs more than it saves)
     parts = max(1, min(n_threads, n // (2 * CBN_ROW_BLOCK_F32)))
     if parts == 1:
-        return out, run_rows(&call.model, X, out, 0, n, raw)
-    if _pool is None or _pool._max_workers < parts:
-        _pool = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="cbn-inference")
+        return out, call.run(0, n, raw)
+    if _pool is None or _pool._max_workers < parts - 1:
+        _pool = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="cbn-inference")
     bounds = [n * t // parts for t in range(parts + 1)]
-    futures = [_pool.submit(call.run, X, out, bounds[t], bounds[t + 1], raw)
-               for t in range(parts)]
-    overflowed = False
+    # the calling thread takes the last part itself (one hand-off fewer per call)
+    futures = [_pool.submit(call.run, bounds[t], bounds[t + 1], raw) for t in range(parts - 1)]
+    overflowed = call.run(bounds[parts - 1], bounds[parts], raw)
     for f in futures:
         overflowed |= f.result()
     return out, overflowed

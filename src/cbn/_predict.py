@@ -1,7 +1,8 @@
 """Inference through cbn_model.c's fixed-order kernel (cbn._inference): the same bits for a
 row whatever batch, chunk position or thread count it comes in, and the same bits as the C
-library. The AVX2 build of the kernel is taken when the CPU has AVX2 (CBN_NO_AVX2=1 keeps the
-baseline build); both run the same operation sequence per element.
+library. The AVX2 + FMA build of the kernel is taken when the CPU has both (CBN_NO_AVX2=1 keeps
+the baseline build); both run the same operation sequence per element (explicit fused
+multiply-adds, exactly rounded).
 
 Threads: large batches are split by rows between as many threads as cbn's other kernels use
 (:func:`cbn.get_num_threads`: the BLAS's count, or :func:`cbn.set_num_threads`).
@@ -15,7 +16,7 @@ from cbn import _validation as check
 from cbn._threads import get_num_threads
 
 _BUILD = (_inference_avx2
-          if _inference_avx2.INSTRUCTION_SET == "avx2" and _inference.cpu_has_avx2()
+          if _inference_avx2.INSTRUCTION_SET == "avx2" and _inference.cpu_has_avx2_fma()
           and os.environ.get("CBN_NO_AVX2", "") in ("", "0") else _inference)
 INSTRUCTION_SET = _BUILD.INSTRUCTION_SET
 

@@ -14,8 +14,9 @@
  * change a sum. Then a = g(z * scale[j] + shift[j]) (batch norm folded
  * into scale and shift once, in double, rounded to the dtype) or a = g(z + b[j]); the output
  * layer adds its bias and applies softmax (in double, fixed order per row), sigmoid or nothing.
- * a*b + c must never be contracted into a fused multiply-add: hence the pragma below and
- * -std=c99 / -ffp-contract=off in the documented compile line.
+ * Each product of a sum is added by an explicit fused multiply-add (vector FMA instructions
+ * or C99 fma(), exactly rounded: the same bits either way); nothing else may be contracted
+ * into one: hence the pragma below and -std=c99 / -ffp-contract=off in the compile line.
  */
 #include "cbn_model.h"
 
@@ -37,16 +38,13 @@ enum { CBN_ACT_LINEAR = 0, CBN_ACT_RELU = 1, CBN_ACT_LEAKY_RELU = 2, CBN_ACT_TAN
        CBN_ACT_SIGMOID = 4 };   /* the codes of cbn._kernels.ACTIVATIONS */
 enum { CBN_OUT_SOFTMAX = 0, CBN_OUT_SIGMOID = 1, CBN_OUT_LINEAR = 2 };
 
-/* Vector lanes run across rows: a row group is two vectors of CBN_VECTOR_BYTES (32 with
-   AVX, else 16), and CBN_BLOCK_GROUPS groups go through all layers at a time, their
+/* Vector lanes run across rows: a row group is two vectors of CBN_VECTOR_BYTES (32: 8 floats
+   or 4 doubles, in every build; an instruction set with 16-byte registers runs a vector as
+   two halves), and CBN_BLOCK_GROUPS groups go through all layers at a time, their
    activations stored transposed (unit-major, a row block apart). The microkernel computes
    up to CBN_UNITS units of one group: 12 accumulators in registers. The vector width only
    decides how many rows run side by side, never the arithmetic of an element. */
-#if defined(__AVX__)
 #define CBN_VECTOR_BYTES 32
-#else
-#define CBN_VECTOR_BYTES 16
-#endif
 #define CBN_BLOCK_GROUPS 4
 #define CBN_UNITS 6
 #define CBN_LANES_F32 (CBN_VECTOR_BYTES / 4)
@@ -57,6 +55,9 @@ enum { CBN_OUT_SOFTMAX = 0, CBN_OUT_SIGMOID = 1, CBN_OUT_LINEAR = 2 };
 typedef struct cbn_layer {
     size_t n_in, n_out;
     const void *W;          /* n_out x n_in, row-major */
+    const void *Wp;         /* NULL, or W's first n_out / LANES * LANES units packed in panels
+                               of LANES units, k-major: Wp[(p * n_in + k) * LANES + u] =
+                               W[p * LANES + u][k] (models from the loader, for few rows) */
     const void *scale;      /* per unit; NULL for a layer without batch norm */
     const void *shift;      /* per unit: the batch-norm shift, or the bias */
 } cbn_layer;
@@ -87,29 +88,64 @@ static size_t cbn__workspace_bytes(const cbn_model *m, size_t n_rows) {
     return 2 * (ld ? ld : group) * m->max_width * item;
 }
 
-#if defined(__GNUC__) || defined(__clang__)
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(CBN_NO_VECTORS)
 #define CBN_VECTORS 1
 typedef float cbn__vf __attribute__((vector_size(CBN_VECTOR_BYTES)));
 typedef double cbn__vd __attribute__((vector_size(CBN_VECTOR_BYTES)));
+#endif
+
+/* Every product is added by a fused multiply-add, acc = fma(x, w, acc): exactly rounded,
+   so the same bits whether it runs as a vector FMA instruction or as C99's fma(). The
+   gemm below is compiled once as the baseline build allows (FMA instructions if the compiler
+   targets them, e.g. -mfma, -march=native or aarch64, else fma() lane by lane: on x86-64
+   without FMA a libm call per product, right but slow) and, on x86-64 with GCC or clang,
+   once more for AVX2 + FMA, taken at run time when the CPU has both (CBN_DISPATCH). Nothing
+   else may be contracted: -std=c99 or -ffp-contract=off. */
+#if defined(CBN_VECTORS) && (defined(__x86_64__) || defined(__i386__)) && \
+    (defined(__clang__) || __GNUC__ >= 5)
+#define CBN_X86 1
+#include <immintrin.h>
+#define CBN_FMA_X86_f32(acc, v, s) \
+    ((acc) = (cbn__vf)_mm256_fmadd_ps((__m256)(v), _mm256_set1_ps(s), (__m256)(acc)))
+#define CBN_FMA_X86_f64(acc, v, s) \
+    ((acc) = (cbn__vd)_mm256_fmadd_pd((__m256d)(v), _mm256_set1_pd(s), (__m256d)(acc)))
+#if !(defined(__AVX2__) && defined(__FMA__)) && !defined(CBN_NO_DISPATCH)
+#define CBN_DISPATCH 1
+#endif
+#endif
+#define CBN_FMA1_f32 fmaf
+#define CBN_FMA1_f64 fma
+#define CBN_FMA_LANES(acc, v, s, LANES, FMA) \
+    do { int l_; for (l_ = 0; l_ < (LANES); l_++) (acc)[l_] = FMA((v)[l_], (s), (acc)[l_]); } \
+    while (0)
+#if defined(CBN_X86) && defined(__AVX2__) && defined(__FMA__)
+#define CBN_FMA_f32 CBN_FMA_X86_f32
+#define CBN_FMA_f64 CBN_FMA_X86_f64
+#else
+#define CBN_FMA_f32(acc, v, s) CBN_FMA_LANES(acc, v, s, CBN_LANES_F32, fmaf)
+#define CBN_FMA_f64(acc, v, s) CBN_FMA_LANES(acc, v, s, CBN_LANES_F64, fma)
 #endif
 
 /* Helpers of the microkernel, for unit u of U and H row vectors (1 or 2); they use the
    kernel's local names cbn__V (vector) and cbn__L (lanes). */
 #define CBN_ACC(u) cbn__V a##u##0 = zero, a##u##1 = zero;
 #define CBN_WPTR(u, U) const cbn__T *w##u = (U) > (u) ? W + (u) * K : W;
-#define CBN_MAC(u, U, H) \
-    if ((U) > (u)) { cbn__T s = w##u[k]; a##u##0 += x0 * s; if ((H) > 1) a##u##1 += x1 * s; }
+#define CBN_MAC(u, U, H, FMA) \
+    if ((U) > (u)) { cbn__T s = w##u[k]; FMA(a##u##0, x0, s); if ((H) > 1) FMA(a##u##1, x1, s); }
 #define CBN_STORE(u, U, H) \
     if ((U) > (u)) { \
         memcpy(zT + (u) * ld, &a##u##0, sizeof(cbn__V)); \
         if ((H) > 1) memcpy(zT + (u) * ld + cbn__L, &a##u##1, sizeof(cbn__V)); \
     }
 
+/* A build of the gemm: N names it (cbn__gemm_f32##N), TARGET is its function attribute,
+   FMA32/FMA64 its fused multiply-adds (vector accumulator, vector, scalar). */
 #ifdef CBN_VECTORS
 /* zT[u*ld + r] = sum_k xT[k*ld + r] * W[u*K + k] for units u < U and rows r < H*LANES of
    one group; every element adds its products in the order k = 0, 1, ..., K-1. */
-#define CBN_KERNEL(S, T, V, LANES, U, H) \
-static void cbn__k##U##_##H##_##S(const T *xT, size_t ld, const T *W, size_t K, T *zT) { \
+#define CBN_KERNEL(S, N, TARGET, FMA, T, V, LANES, U, H) \
+static TARGET void cbn__k##U##_##H##_##S##N(const T *xT, size_t ld, const T *W, size_t K, \
+                                            T *zT) { \
     typedef T cbn__T; \
     typedef V cbn__V; \
     enum { cbn__L = LANES }; \
@@ -117,12 +153,13 @@ static void cbn__k##U##_##H##_##S(const T *xT, size_t ld, const T *W, size_t K, 
     size_t k; \
     CBN_WPTR(0, U) CBN_WPTR(1, U) CBN_WPTR(2, U) CBN_WPTR(3, U) CBN_WPTR(4, U) CBN_WPTR(5, U) \
     CBN_ACC(0) CBN_ACC(1) CBN_ACC(2) CBN_ACC(3) CBN_ACC(4) CBN_ACC(5) \
-    for (k = 0; k < K; k++) { \
+    /* unrolled twice: less loop overhead per 12 FMAs (about 5% at 256 rows) */ \
+    _Pragma("GCC unroll 2") for (k = 0; k < K; k++) { \
         V x0, x1 = zero; \
         memcpy(&x0, xT + k * ld, sizeof(V)); \
         if ((H) > 1) memcpy(&x1, xT + k * ld + LANES, sizeof(V)); \
-        CBN_MAC(0, U, H) CBN_MAC(1, U, H) CBN_MAC(2, U, H) CBN_MAC(3, U, H) CBN_MAC(4, U, H) \
-        CBN_MAC(5, U, H) \
+        CBN_MAC(0, U, H, FMA) CBN_MAC(1, U, H, FMA) CBN_MAC(2, U, H, FMA) \
+        CBN_MAC(3, U, H, FMA) CBN_MAC(4, U, H, FMA) CBN_MAC(5, U, H, FMA) \
     } \
     CBN_STORE(0, U, H) CBN_STORE(1, U, H) CBN_STORE(2, U, H) CBN_STORE(3, U, H) \
     CBN_STORE(4, U, H) CBN_STORE(5, U, H) \
@@ -130,24 +167,27 @@ static void cbn__k##U##_##H##_##S(const T *xT, size_t ld, const T *W, size_t K, 
 }
 #else
 /* Without vector extensions: the same sums, element by element. */
-#define CBN_KERNEL(S, T, V, LANES, U, H) \
-static void cbn__k##U##_##H##_##S(const T *xT, size_t ld, const T *W, size_t K, T *zT) { \
+#define CBN_KERNEL(S, N, TARGET, FMA, T, V, LANES, U, H) \
+static void cbn__k##U##_##H##_##S##N(const T *xT, size_t ld, const T *W, size_t K, T *zT) { \
     size_t u, r, k; \
     for (u = 0; u < (U); u++) \
         for (r = 0; r < (H) * (LANES); r++) { \
             T acc = 0; \
-            for (k = 0; k < K; k++) { T prod = xT[k * ld + r] * W[u * K + k]; acc += prod; } \
+            for (k = 0; k < K; k++) acc = CBN_FMA1_##S(xT[k * ld + r], W[u * K + k], acc); \
             zT[u * ld + r] = acc; \
         } \
 }
 #endif
 
-#define CBN_KERNELS(S, T, V, LANES, H) \
-    CBN_KERNEL(S, T, V, LANES, 1, H) CBN_KERNEL(S, T, V, LANES, 2, H) \
-    CBN_KERNEL(S, T, V, LANES, 3, H) CBN_KERNEL(S, T, V, LANES, 4, H) \
-    CBN_KERNEL(S, T, V, LANES, 5, H) CBN_KERNEL(S, T, V, LANES, 6, H)
+#define CBN_KERNELS(S, N, TARGET, FMA, T, V, LANES, H) \
+    CBN_KERNEL(S, N, TARGET, FMA, T, V, LANES, 1, H) \
+    CBN_KERNEL(S, N, TARGET, FMA, T, V, LANES, 2, H) \
+    CBN_KERNEL(S, N, TARGET, FMA, T, V, LANES, 3, H) \
+    CBN_KERNEL(S, N, TARGET, FMA, T, V, LANES, 4, H) \
+    CBN_KERNEL(S, N, TARGET, FMA, T, V, LANES, 5, H) \
+    CBN_KERNEL(S, N, TARGET, FMA, T, V, LANES, 6, H)
 
-#define CBN_CALL(S, U, H) cbn__k##U##_##H##_##S(xg, ld, Wj, K, zg)
+#define CBN_CALL(S, N, U, H) cbn__k##U##_##H##_##S##N(xg, ld, Wj, K, zg)
 
 #ifdef CBN_VECTORS
 /* Few rows (at most CBN_FEW_ROWS, one group): lanes run across units instead, so no lane
@@ -188,70 +228,49 @@ static void cbn__k##U##_##H##_##S(const T *xT, size_t ld, const T *W, size_t K, 
 #endif
 typedef int32_t cbn__mf __attribute__((vector_size(CBN_VECTOR_BYTES)));
 typedef int64_t cbn__md __attribute__((vector_size(CBN_VECTOR_BYTES)));
+typedef float cbn__v4f __attribute__((vector_size(16)));
+typedef double cbn__v2d __attribute__((vector_size(16)));
 
-/* t[kk] lane u = W[u*K + k + kk]: a LANES x LANES tile of W transposed (LANES 2, 4 or 8) */
-static inline void cbn__tile_f32(const float *W, size_t K, size_t k, cbn__vf *t) {
-#if CBN_LANES_F32 == 8
-    /* a[u] = W[u][k+4h..] | W[u+4][k+4h..] (two 16-byte loads), then 4x4 transposes within
-       each 128-bit half: no lane-crossing shuffle */
-    typedef float cbn__v4f __attribute__((vector_size(16)));
-    cbn__vf a[8], b[8];
-    int u, h;
-    for (h = 0; h < 2; h++)
-        for (u = 0; u < 4; u++)
-            CBN_PAIR(a[4 * h + u], cbn__v4f, W + u * K + k + 4 * h, W + (u + 4) * K + k + 4 * h);
-    for (u = 0; u < 8; u += 2) {
-        b[u] = CBN_SHUFFLE(a[u], a[u + 1], cbn__mf, 0, 8, 1, 9, 4, 12, 5, 13);
-        b[u + 1] = CBN_SHUFFLE(a[u], a[u + 1], cbn__mf, 2, 10, 3, 11, 6, 14, 7, 15);
-    }
-    for (u = 0; u < 8; u += 4) {
-        t[u] = CBN_SHUFFLE(b[u], b[u + 2], cbn__mf, 0, 1, 8, 9, 4, 5, 12, 13);
-        t[u + 1] = CBN_SHUFFLE(b[u], b[u + 2], cbn__mf, 2, 3, 10, 11, 6, 7, 14, 15);
-        t[u + 2] = CBN_SHUFFLE(b[u + 1], b[u + 3], cbn__mf, 0, 1, 8, 9, 4, 5, 12, 13);
-        t[u + 3] = CBN_SHUFFLE(b[u + 1], b[u + 3], cbn__mf, 2, 3, 10, 11, 6, 7, 14, 15);
-    }
-#else
-    cbn__vf a[4], b0, b1, b2, b3;
-    int u;
-    for (u = 0; u < 4; u++) memcpy(&a[u], W + u * K + k, sizeof(cbn__vf));
-    b0 = CBN_SHUFFLE(a[0], a[1], cbn__mf, 0, 4, 1, 5);
-    b1 = CBN_SHUFFLE(a[0], a[1], cbn__mf, 2, 6, 3, 7);
-    b2 = CBN_SHUFFLE(a[2], a[3], cbn__mf, 0, 4, 1, 5);
-    b3 = CBN_SHUFFLE(a[2], a[3], cbn__mf, 2, 6, 3, 7);
-    t[0] = CBN_SHUFFLE(b0, b2, cbn__mf, 0, 1, 4, 5);
-    t[1] = CBN_SHUFFLE(b0, b2, cbn__mf, 2, 3, 6, 7);
-    t[2] = CBN_SHUFFLE(b1, b3, cbn__mf, 0, 1, 4, 5);
-    t[3] = CBN_SHUFFLE(b1, b3, cbn__mf, 2, 3, 6, 7);
-#endif
-}
-
-static inline void cbn__tile_f64(const double *W, size_t K, size_t k, cbn__vd *t) {
-#if CBN_LANES_F64 == 4
-    /* a[h] = W[h][k+2c..] | W[h+2][k+2c..]: 2x2 transposes within each 128-bit half */
-    typedef double cbn__v2d __attribute__((vector_size(16)));
-    cbn__vd a[4];
-    int c, u;
-    for (c = 0; c < 2; c++)
-        for (u = 0; u < 2; u++)
-            CBN_PAIR_D(a[2 * c + u], cbn__v2d, W + u * K + k + 2 * c, W + (u + 2) * K + k + 2 * c);
-    for (c = 0; c < 2; c++) {
-        t[2 * c] = CBN_SHUFFLE(a[2 * c], a[2 * c + 1], cbn__md, 0, 4, 2, 6);
-        t[2 * c + 1] = CBN_SHUFFLE(a[2 * c], a[2 * c + 1], cbn__md, 1, 5, 3, 7);
-    }
-#else
-    cbn__vd a0, a1;
-    memcpy(&a0, W + k, sizeof(cbn__vd));
-    memcpy(&a1, W + K + k, sizeof(cbn__vd));
-    t[0] = CBN_SHUFFLE(a0, a1, cbn__md, 0, 2);
-    t[1] = CBN_SHUFFLE(a0, a1, cbn__md, 1, 3);
-#endif
+/* t[kk] lane u = W[u*K + k + kk]: an 8 x 8 (float) or 4 x 4 (double) tile of W transposed.
+   a[u] = W[u][k+4h..] | W[u+4][k+4h..] (two 16-byte loads), then transposes within each
+   128-bit half: no lane-crossing shuffle. */
+#define CBN_TILES(N, TARGET) \
+static inline TARGET void cbn__tile_f32##N(const float *W, size_t K, size_t k, cbn__vf *t) { \
+    cbn__vf a[8], b[8]; \
+    int u, h; \
+    for (h = 0; h < 2; h++) \
+        for (u = 0; u < 4; u++) \
+            CBN_PAIR(a[4 * h + u], cbn__v4f, W + u * K + k + 4 * h, W + (u + 4) * K + k + 4 * h); \
+    for (u = 0; u < 8; u += 2) { \
+        b[u] = CBN_SHUFFLE(a[u], a[u + 1], cbn__mf, 0, 8, 1, 9, 4, 12, 5, 13); \
+        b[u + 1] = CBN_SHUFFLE(a[u], a[u + 1], cbn__mf, 2, 10, 3, 11, 6, 14, 7, 15); \
+    } \
+    for (u = 0; u < 8; u += 4) { \
+        t[u] = CBN_SHUFFLE(b[u], b[u + 2], cbn__mf, 0, 1, 8, 9, 4, 5, 12, 13); \
+        t[u + 1] = CBN_SHUFFLE(b[u], b[u + 2], cbn__mf, 2, 3, 10, 11, 6, 7, 14, 15); \
+        t[u + 2] = CBN_SHUFFLE(b[u + 1], b[u + 3], cbn__mf, 0, 1, 8, 9, 4, 5, 12, 13); \
+        t[u + 3] = CBN_SHUFFLE(b[u + 1], b[u + 3], cbn__mf, 2, 3, 10, 11, 6, 7, 14, 15); \
+    } \
+} \
+static inline TARGET void cbn__tile_f64##N(const double *W, size_t K, size_t k, cbn__vd *t) { \
+    cbn__vd a[4]; \
+    int c, u; \
+    for (c = 0; c < 2; c++) \
+        for (u = 0; u < 2; u++) \
+            CBN_PAIR_D(a[2 * c + u], cbn__v2d, W + u * K + k + 2 * c, \
+                       W + (u + 2) * K + k + 2 * c); \
+    for (c = 0; c < 2; c++) { \
+        t[2 * c] = CBN_SHUFFLE(a[2 * c], a[2 * c + 1], cbn__md, 0, 4, 2, 6); \
+        t[2 * c + 1] = CBN_SHUFFLE(a[2 * c], a[2 * c + 1], cbn__md, 1, 5, 3, 7); \
+    } \
 }
 
 /* zT[u*G + r] = sum_k xT[k*G + r] * W[u*K + k] for rows r < R and units u < P*LANES
    (P panels of LANES units side by side hide the adds' latency). */
 #define CBN_UNROLL _Pragma("GCC unroll 16")
-#define CBN_FEW_KERNEL(S, T, V, LANES, R, P) \
-static void cbn__few##R##_##P##_##S(const T *xT, size_t G, const T *W, size_t K, T *zT) { \
+#define CBN_FEW_KERNEL(S, N, TARGET, FMA, T, V, LANES, R, P) \
+static TARGET void cbn__few##R##_##P##_##S##N(const T *xT, size_t G, const T *W, size_t K, \
+                                              T *zT) { \
     V acc[R][P], t[P][LANES]; \
     const V zero = {0}; \
     size_t k; \
@@ -259,19 +278,20 @@ static void cbn__few##R##_##P##_##S(const T *xT, size_t G, const T *W, size_t K,
     CBN_UNROLL for (r = 0; r < (R); r++) CBN_UNROLL for (p = 0; p < (P); p++) acc[r][p] = zero; \
     for (k = 0; k + (LANES) <= K; k += (LANES)) { \
         CBN_UNROLL for (p = 0; p < (P); p++) \
-            cbn__tile_##S(W + (size_t)p * (LANES) * K, K, k, t[p]); \
+            cbn__tile_##S##N(W + (size_t)p * (LANES) * K, K, k, t[p]); \
         CBN_UNROLL for (u = 0; u < (LANES); u++) \
             CBN_UNROLL for (r = 0; r < (R); r++) { \
                 const T x = xT[(k + u) * G + r]; \
-                CBN_UNROLL for (p = 0; p < (P); p++) acc[r][p] = acc[r][p] + x * t[p][u]; \
+                CBN_UNROLL for (p = 0; p < (P); p++) FMA(acc[r][p], t[p][u], x); \
             } \
     } \
     for (; k < K; k++) \
         CBN_UNROLL for (p = 0; p < (P); p++) { \
             T w[LANES]; \
-            CBN_UNROLL for (u = 0; u < (LANES); u++) w[u] = W[((size_t)(p * (LANES) + u)) * K + k]; \
+            CBN_UNROLL for (u = 0; u < (LANES); u++) \
+                w[u] = W[((size_t)(p * (LANES) + u)) * K + k]; \
             memcpy(&t[p][0], w, sizeof(V)); \
-            CBN_UNROLL for (r = 0; r < (R); r++) acc[r][p] = acc[r][p] + xT[k * G + r] * t[p][0]; \
+            CBN_UNROLL for (r = 0; r < (R); r++) FMA(acc[r][p], t[p][0], xT[k * G + r]); \
         } \
     for (r = 0; r < (R); r++) \
         for (p = 0; p < (P); p++) { \
@@ -280,54 +300,111 @@ static void cbn__few##R##_##P##_##S(const T *xT, size_t G, const T *W, size_t K,
             for (u = 0; u < (LANES); u++) zT[(size_t)(p * (LANES) + u) * G + r] = z[u]; \
         } \
 }
-#define CBN_FEW_KERNELS(S, T, V, LANES) \
-    CBN_FEW_KERNEL(S, T, V, LANES, 1, 1) CBN_FEW_KERNEL(S, T, V, LANES, 2, 1) \
-    CBN_FEW_KERNEL(S, T, V, LANES, 3, 1) CBN_FEW_KERNEL(S, T, V, LANES, 4, 1) \
-    CBN_FEW_KERNEL(S, T, V, LANES, 1, 2) CBN_FEW_KERNEL(S, T, V, LANES, 2, 2)
-#define CBN_FEW_CALL(S, R, P) cbn__few##R##_##P##_##S(xT, ld, W + j0 * K, K, zT + j0 * ld)
+#define CBN_FEW_KERNELS(S, N, TARGET, FMA, T, V, LANES) \
+    CBN_FEW_KERNEL(S, N, TARGET, FMA, T, V, LANES, 1, 1) \
+    CBN_FEW_KERNEL(S, N, TARGET, FMA, T, V, LANES, 2, 1) \
+    CBN_FEW_KERNEL(S, N, TARGET, FMA, T, V, LANES, 3, 1) \
+    CBN_FEW_KERNEL(S, N, TARGET, FMA, T, V, LANES, 4, 1) \
+    CBN_FEW_KERNEL(S, N, TARGET, FMA, T, V, LANES, 1, 2) \
+    CBN_FEW_KERNEL(S, N, TARGET, FMA, T, V, LANES, 2, 2)
+/* The same sums from W packed in panels (cbn_layer.Wp): one contiguous vector of LANES
+   units per k and panel, no transposes. */
+#define CBN_PACKED_KERNEL(S, N, TARGET, FMA, T, V, LANES, R, P) \
+static TARGET void cbn__packed##R##_##P##_##S##N(const T *xT, size_t G, const T *Wp, size_t K, \
+                                                 T *zT) { \
+    V acc[R][P], w[P]; \
+    const V zero = {0}; \
+    size_t k; \
+    int r, p, u; \
+    CBN_UNROLL for (r = 0; r < (R); r++) CBN_UNROLL for (p = 0; p < (P); p++) acc[r][p] = zero; \
+    for (k = 0; k < K; k++) { \
+        CBN_UNROLL for (p = 0; p < (P); p++) \
+            memcpy(&w[p], Wp + ((size_t)p * K + k) * (LANES), sizeof(V)); \
+        CBN_UNROLL for (r = 0; r < (R); r++) { \
+            const T x = xT[k * G + r]; \
+            CBN_UNROLL for (p = 0; p < (P); p++) FMA(acc[r][p], w[p], x); \
+        } \
+    } \
+    for (r = 0; r < (R); r++) \
+        for (p = 0; p < (P); p++) { \
+            T z[LANES]; \
+            memcpy(z, &acc[r][p], sizeof(V)); \
+            for (u = 0; u < (LANES); u++) zT[(size_t)(p * (LANES) + u) * G + r] = z[u]; \
+        } \
+}
+#define CBN_PACKED_KERNELS(S, N, TARGET, FMA, T, V, LANES) \
+    CBN_PACKED_KERNEL(S, N, TARGET, FMA, T, V, LANES, 1, 1) \
+    CBN_PACKED_KERNEL(S, N, TARGET, FMA, T, V, LANES, 2, 1) \
+    CBN_PACKED_KERNEL(S, N, TARGET, FMA, T, V, LANES, 3, 1) \
+    CBN_PACKED_KERNEL(S, N, TARGET, FMA, T, V, LANES, 4, 1) \
+    CBN_PACKED_KERNEL(S, N, TARGET, FMA, T, V, LANES, 1, 4) \
+    CBN_PACKED_KERNEL(S, N, TARGET, FMA, T, V, LANES, 2, 4) \
+    CBN_PACKED_KERNEL(S, N, TARGET, FMA, T, V, LANES, 3, 2) \
+    CBN_PACKED_KERNEL(S, N, TARGET, FMA, T, V, LANES, 4, 2)
+#define CBN_FEW_CALL(S, N, R, P) \
+    cbn__few##R##_##P##_##S##N(xT, ld, W + j0 * K, K, zT + j0 * ld)
+#define CBN_PACKED_CALL(S, N, R, P) \
+    cbn__packed##R##_##P##_##S##N(xT, ld, Wp + j0 * K, K, zT + j0 * ld)
 /* Units j0.. of zT for rows < R through the few-rows kernels; returns the first unit left
    (fewer than LANES units remain for the row kernels). */
-#define CBN_FEW_GEMM(S, T, LANES) \
-static size_t cbn__few_gemm_##S(const T *xT, size_t rows, const T *W, size_t K, size_t n_out, \
-                                T *zT) { \
+#define CBN_FEW_GEMM(S, N, TARGET, T, LANES) \
+static TARGET size_t cbn__few_gemm_##S##N(const T *xT, size_t rows, const T *W, const T *Wp, \
+                                          size_t K, size_t n_out, T *zT) { \
     const size_t ld = 2 * (LANES); \
     size_t j0 = 0; \
+    if (Wp) { \
+        /* 4 panels side by side (1-2 rows) or 2 (3-4 rows) hide the adds' latency */ \
+        const size_t P = rows <= 2 ? 4 : 2; \
+        for (; j0 + P * (LANES) <= n_out; j0 += P * (LANES)) \
+            switch (rows) { \
+            case 1: CBN_PACKED_CALL(S, N, 1, 4); break; case 2: CBN_PACKED_CALL(S, N, 2, 4); break; \
+            case 3: CBN_PACKED_CALL(S, N, 3, 2); break; default: CBN_PACKED_CALL(S, N, 4, 2); break; \
+            } \
+        for (; j0 + (LANES) <= n_out; j0 += (LANES)) \
+            switch (rows) { \
+            case 1: CBN_PACKED_CALL(S, N, 1, 1); break; case 2: CBN_PACKED_CALL(S, N, 2, 1); break; \
+            case 3: CBN_PACKED_CALL(S, N, 3, 1); break; default: CBN_PACKED_CALL(S, N, 4, 1); break; \
+            } \
+        return j0; \
+    } \
     /* two panels side by side hide the adds' latency; from 3 rows on, one (registers) */ \
     for (; rows <= 2 && j0 + 2 * (LANES) <= n_out; j0 += 2 * (LANES)) { \
-        if (rows == 1) CBN_FEW_CALL(S, 1, 2); else CBN_FEW_CALL(S, 2, 2); \
+        if (rows == 1) CBN_FEW_CALL(S, N, 1, 2); else CBN_FEW_CALL(S, N, 2, 2); \
     } \
     for (; j0 + (LANES) <= n_out; j0 += (LANES)) \
         switch (rows) { \
-        case 1: CBN_FEW_CALL(S, 1, 1); break; case 2: CBN_FEW_CALL(S, 2, 1); break; \
-        case 3: CBN_FEW_CALL(S, 3, 1); break; default: CBN_FEW_CALL(S, 4, 1); break; \
+        case 1: CBN_FEW_CALL(S, N, 1, 1); break; case 2: CBN_FEW_CALL(S, N, 2, 1); break; \
+        case 3: CBN_FEW_CALL(S, N, 3, 1); break; default: CBN_FEW_CALL(S, N, 4, 1); break; \
         } \
     return j0; \
 }
 #else
 #define CBN_FEW_ROWS 0
-#define CBN_FEW_KERNELS(S, T, V, LANES)
-#define CBN_FEW_GEMM(S, T, LANES) \
-static size_t cbn__few_gemm_##S(const T *xT, size_t rows, const T *W, size_t K, size_t n_out, \
-                                T *zT) { \
-    (void)xT; (void)rows; (void)W; (void)K; (void)n_out; (void)zT; \
+#define CBN_TILES(N, TARGET)
+#define CBN_FEW_KERNELS(S, N, TARGET, FMA, T, V, LANES)
+#define CBN_PACKED_KERNELS(S, N, TARGET, FMA, T, V, LANES)
+#define CBN_FEW_GEMM(S, N, TARGET, T, LANES) \
+static size_t cbn__few_gemm_##S##N(const T *xT, size_t rows, const T *W, const T *Wp, \
+                                   size_t K, size_t n_out, T *zT) { \
+    (void)xT; (void)rows; (void)W; (void)Wp; (void)K; (void)n_out; (void)zT; \
     return 0; \
 }
 #endif
 
-/* Everything that depends on the element type T, instantiated for float and double. */
-#define CBN_DEFINE(S, T, V, LANES, T_MAX, ROW_BLOCK) \
-CBN_KERNELS(S, T, V, LANES, 1) CBN_KERNELS(S, T, V, LANES, 2) \
-CBN_FEW_KERNELS(S, T, V, LANES) CBN_FEW_GEMM(S, T, LANES) \
-\
-/* zT = W (n_out x K) times xT over `groups` row groups; the last group has one vector of \
-   rows when half_last is set. Activations are stored group by group: element (k, r) of a \
-   layer n wide at ((r / G) * n + k) * G + r % G, G = 2 * LANES rows, so the microkernel \
-   reads and writes contiguous vectors. */ \
-static void cbn__gemm_##S(const T *xT, size_t rows, const T *W, size_t K, size_t n_out, \
-                          T *zT) { \
+/* zT = W (n_out x K) times xT over the row groups of `rows` rows; the last group has one
+   vector of rows when half_last is set. Activations are stored group by group: element
+   (k, r) of a layer n wide at ((r / G) * n + k) * G + r % G, G = 2 * LANES rows, so the
+   microkernel reads and writes contiguous vectors. */
+#define CBN_GEMM(S, N, TARGET, FMA, T, V, LANES) \
+CBN_KERNELS(S, N, TARGET, FMA, T, V, LANES, 1) CBN_KERNELS(S, N, TARGET, FMA, T, V, LANES, 2) \
+CBN_FEW_KERNELS(S, N, TARGET, FMA, T, V, LANES) CBN_PACKED_KERNELS(S, N, TARGET, FMA, T, V, LANES) \
+CBN_FEW_GEMM(S, N, TARGET, T, LANES) \
+static TARGET void cbn__gemm_##S##N(const T *xT, size_t rows, const T *W, const T *Wp, \
+                                    size_t K, size_t n_out, T *zT) { \
     const size_t ld = 2 * LANES, groups = (rows + ld - 1) / ld; \
     const int half_last = rows - (groups - 1) * ld <= LANES; \
-    size_t j0 = rows <= CBN_FEW_ROWS ? cbn__few_gemm_##S(xT, rows, W, K, n_out, zT) : 0, g; \
+    size_t j0 = rows <= CBN_FEW_ROWS ? cbn__few_gemm_##S##N(xT, rows, W, Wp, K, n_out, zT) \
+                                          : 0, g; \
     for (; j0 < n_out; j0 += CBN_UNITS) { \
         size_t units = n_out - j0 < CBN_UNITS ? n_out - j0 : CBN_UNITS; \
         const T *Wj = W + j0 * K; \
@@ -336,24 +413,29 @@ static void cbn__gemm_##S(const T *xT, size_t rows, const T *W, size_t K, size_t
             T *zg = zT + (g * n_out + j0) * ld; \
             if (half_last && g + 1 == groups) { \
                 switch (units) { \
-                case 1: CBN_CALL(S, 1, 1); break; case 2: CBN_CALL(S, 2, 1); break; \
-                case 3: CBN_CALL(S, 3, 1); break; case 4: CBN_CALL(S, 4, 1); break; \
-                case 5: CBN_CALL(S, 5, 1); break; default: CBN_CALL(S, 6, 1); break; \
+                case 1: CBN_CALL(S, N, 1, 1); break; case 2: CBN_CALL(S, N, 2, 1); break; \
+                case 3: CBN_CALL(S, N, 3, 1); break; case 4: CBN_CALL(S, N, 4, 1); break; \
+                case 5: CBN_CALL(S, N, 5, 1); break; default: CBN_CALL(S, N, 6, 1); break; \
                 } \
             } else { \
                 switch (units) { \
-                case 1: CBN_CALL(S, 1, 2); break; case 2: CBN_CALL(S, 2, 2); break; \
-                case 3: CBN_CALL(S, 3, 2); break; case 4: CBN_CALL(S, 4, 2); break; \
-                case 5: CBN_CALL(S, 5, 2); break; default: CBN_CALL(S, 6, 2); break; \
+                case 1: CBN_CALL(S, N, 1, 2); break; case 2: CBN_CALL(S, N, 2, 2); break; \
+                case 3: CBN_CALL(S, N, 3, 2); break; case 4: CBN_CALL(S, N, 4, 2); break; \
+                case 5: CBN_CALL(S, N, 5, 2); break; default: CBN_CALL(S, N, 6, 2); break; \
                 } \
             } \
         } \
     } \
-} \
-\
+}
+
+
+/* The rest of a build of the forward pass, for element type T (N and TARGET as for the
+   gemm). */
+#define CBN_DEFINE(S, N, TARGET, T, LANES, T_MAX, ROW_BLOCK) \
 /* Hidden layer, in place over the rows r < rows of zT (layout of gemm): g(z * scale + shift), \
    or g(z + shift) without batch norm. */ \
-static void cbn__activate_##S(T *zT, size_t rows, size_t n, const T *scale, const T *shift, \
+static TARGET void cbn__activate_##S##N(T *zT, size_t rows, size_t n, const T *scale, \
+                                         const T *shift, \
                               int activation, double slope) { \
     const size_t G = 2 * LANES; \
     size_t g, j, r; \
@@ -363,7 +445,7 @@ static void cbn__activate_##S(T *zT, size_t rows, size_t n, const T *scale, cons
             T *z = zT + (g * n + j) * G, sh = shift[j]; \
             if (scale) { \
                 T sc = scale[j]; \
-                for (r = 0; r < count; r++) { T t = z[r] * sc; z[r] = t + sh; } \
+                for (r = 0; r < count; r++) z[r] = CBN_FMA1_##S(z[r], sc, sh); \
             } \
             else for (r = 0; r < count; r++) z[r] = z[r] + sh; \
             switch (activation) { \
@@ -383,7 +465,8 @@ static void cbn__activate_##S(T *zT, size_t rows, size_t n, const T *scale, cons
 \
 /* Output layer: out rows from zT, + b and the output function (raw: W.a only). \
    Returns 1 if a value before the output function is not finite. */ \
-static int cbn__output_##S(const T *zT, size_t rows, size_t n, T *out, const T *bias, \
+static TARGET int cbn__output_##S##N(const T *zT, size_t rows, size_t n, T *out, \
+                                      const T *bias, \
                            int output, int raw) { \
     const size_t G = 2 * LANES; \
     size_t i, j; \
@@ -413,8 +496,8 @@ static int cbn__output_##S(const T *zT, size_t rows, size_t n, T *out, const T *
 /* The network on X[n_rows][n_in] into out[n_rows][n_out]; raw = 1 stops before the \
    output layer's bias (logits W.a, for the loss). ws: cbn__workspace_bytes(m, n_rows) bytes. \
    Returns CBN_OK or CBN_ERR_OVERFLOW. */ \
-static int cbn__forward_##S(const cbn_model *m, const T *X, size_t n_rows, T *out, int raw, \
-                            void *ws) { \
+static TARGET int cbn__forward_##S##N(const cbn_model *m, const T *X, size_t n_rows, T *out, \
+                                      int raw, void *ws) { \
     const size_t L = m->n_layers, n_in = m->layers[0].n_in, n_out = m->layers[L - 1].n_out; \
     /* room for ld rows per unit: a row block, or fewer for small batches */ \
     const size_t group = 2 * LANES; \
@@ -440,12 +523,13 @@ static int cbn__forward_##S(const cbn_model *m, const T *X, size_t n_rows, T *ou
         for (l = 0; l < L; l++) { \
             const cbn_layer *ly = &m->layers[l]; \
             T *z = a == buf0 ? buf1 : buf0; \
-            cbn__gemm_##S(a, rows, (const T *)ly->W, ly->n_in, ly->n_out, z); \
+            cbn__gemm_##S##N(a, rows, (const T *)ly->W, (const T *)ly->Wp, ly->n_in, \
+                             ly->n_out, z); \
             if (l < L - 1) \
-                cbn__activate_##S(z, rows, ly->n_out, (const T *)ly->scale, \
+                cbn__activate_##S##N(z, rows, ly->n_out, (const T *)ly->scale, \
                                   (const T *)ly->shift, m->activation, m->slope); \
             else \
-                bad |= cbn__output_##S(z, rows, n_out, out + r0 * n_out, \
+                bad |= cbn__output_##S##N(z, rows, n_out, out + r0 * n_out, \
                                        (const T *)ly->shift, m->output, raw); \
             a = z; \
         } \
@@ -453,8 +537,49 @@ static int cbn__forward_##S(const cbn_model *m, const T *X, size_t n_rows, T *ou
     return bad ? CBN_ERR_OVERFLOW : CBN_OK; \
 }
 
-CBN_DEFINE(f32, float, cbn__vf, CBN_LANES_F32, FLT_MAX, CBN_ROW_BLOCK_F32)
-CBN_DEFINE(f64, double, cbn__vd, CBN_LANES_F64, DBL_MAX, CBN_ROW_BLOCK_F64)
+#define CBN_BUILD(N, TARGET, FMA32, FMA64) \
+    CBN_TILES(N, TARGET) \
+    CBN_GEMM(f32, N, TARGET, FMA32, float, cbn__vf, CBN_LANES_F32) \
+    CBN_GEMM(f64, N, TARGET, FMA64, double, cbn__vd, CBN_LANES_F64) \
+    CBN_DEFINE(f32, N, TARGET, float, CBN_LANES_F32, FLT_MAX, CBN_ROW_BLOCK_F32) \
+    CBN_DEFINE(f64, N, TARGET, double, CBN_LANES_F64, DBL_MAX, CBN_ROW_BLOCK_F64)
+
+#define CBN_NO_TARGET
+CBN_BUILD(_base, CBN_NO_TARGET, CBN_FMA_f32, CBN_FMA_f64)
+#ifdef CBN_DISPATCH
+CBN_BUILD(_fma, __attribute__((target("avx2,fma"))), CBN_FMA_X86_f32, CBN_FMA_X86_f64)
+#endif
+
+#ifdef CBN_DISPATCH
+#define CBN_FORWARD_FMA(S, ...) cbn__forward_##S##_fma(__VA_ARGS__)
+#else
+#define CBN_FORWARD_FMA(S, ...) CBN_OK   /* never taken */
+#endif
+
+/* 1 where forward takes the build for AVX2 + FMA (CBN_DISPATCH: the CPU has both). */
+static int cbn__use_fma_build(void) {
+#ifdef CBN_DISPATCH
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+/* The network on X[n_rows][n_in] into out[n_rows][n_out]; raw = 1 stops before the
+   output layer's bias (logits W.a, for the loss). ws: cbn__workspace_bytes(m, n_rows) bytes.
+   Returns CBN_OK or CBN_ERR_OVERFLOW. */
+static int cbn__forward_f32(const cbn_model *m, const float *X, size_t n_rows, float *out,
+                            int raw, void *ws) {
+    return cbn__use_fma_build() ? CBN_FORWARD_FMA(f32, m, X, n_rows, out, raw, ws)
+                                : cbn__forward_f32_base(m, X, n_rows, out, raw, ws);
+}
+
+static int cbn__forward_f64(const cbn_model *m, const double *X, size_t n_rows, double *out,
+                            int raw, void *ws) {
+    return cbn__use_fma_build() ? CBN_FORWARD_FMA(f64, m, X, n_rows, out, raw, ws)
+                                : cbn__forward_f64_base(m, X, n_rows, out, raw, ws);
+}
 
 /* Batch norm folded once, in double: scale = gamma / sqrt(var + eps),
    shift = beta - mean * scale, each rounded to the dtype. */
@@ -930,6 +1055,22 @@ static int cbn__read_values(const unsigned char *b, size_t n, int dtype, void *o
 /* Round n up to a multiple of 64 (alignment of the pieces of the model's storage). */
 static size_t cbn__round64(size_t n) { return (n + 63) / 64 * 64; }
 
+/* Units of a layer n_out wide that the loader keeps packed for the few-rows kernels
+   (cbn_layer.Wp): whole panels of LANES units. */
+static size_t cbn__packed_units(size_t n_out, size_t item) {
+    size_t lanes = item == 4 ? CBN_LANES_F32 : CBN_LANES_F64;
+    return CBN_FEW_ROWS ? n_out / lanes * lanes : 0;
+}
+
+static void cbn__pack(const unsigned char *W, size_t n_in, size_t units, size_t item,
+                      unsigned char *Wp) {
+    size_t lanes = item == 4 ? CBN_LANES_F32 : CBN_LANES_F64, j, k;
+    for (j = 0; j < units; j++)
+        for (k = 0; k < n_in; k++)
+            memcpy(Wp + (((j / lanes) * n_in + k) * lanes + j % lanes) * item,
+                   W + (j * n_in + k) * item, item);
+}
+
 static int cbn__load(const unsigned char *data, size_t size, cbn_model **model) {
     cbn__parser p;
     uint64_t header_len;
@@ -1092,7 +1233,8 @@ static int cbn__load(const unsigned char *data, size_t size, cbn_model **model) 
         cbn_layer *layers;
         for (l = 0; l < n_layers; l++) {
             total += cbn__round64(sizes[l] * sizes[l + 1] * item) +
-                     4 * cbn__round64(sizes[l + 1] * item);   /* W, scale, shift, 2 scratch */
+                     4 * cbn__round64(sizes[l + 1] * item) +  /* W, scale, shift, 2 scratch */
+                     cbn__round64(cbn__packed_units(sizes[l + 1], item) * sizes[l] * item);
             if (sizes[l] > max_width) max_width = sizes[l];
             if (sizes[l + 1] > max_width) max_width = sizes[l + 1];
         }
@@ -1117,10 +1259,14 @@ static int cbn__load(const unsigned char *data, size_t size, cbn_model **model) 
             int bn = batchnorm && l + 1 < n_layers;
             unsigned char *W = base + off, *scale = W + cbn__round64(n_in * n_out * item);
             unsigned char *shift = scale + vb, *mean = shift + vb, *var = mean + vb;
-            off += cbn__round64(n_in * n_out * item) + 4 * vb;
+            unsigned char *Wp = var + vb;
+            size_t packed = cbn__packed_units(n_out, item);
+            off += cbn__round64(n_in * n_out * item) + 4 * vb +
+                   cbn__round64(packed * n_in * item);
             layers[l].n_in = n_in;
             layers[l].n_out = n_out;
             layers[l].W = W;
+            layers[l].Wp = packed ? Wp : NULL;
             layers[l].scale = bn ? scale : NULL;
             layers[l].shift = shift;
             if (!cbn__read_values(tensors + p.entries[index[l * 6]].begin, n_in * n_out, dtype,
@@ -1130,6 +1276,7 @@ static int cbn__load(const unsigned char *data, size_t size, cbn_model **model) 
                 status = CBN_ERR_VALUE;
                 break;
             }
+            cbn__pack(W, n_in, packed, item, Wp);
             if (!bn) continue;
             /* gamma into scale's place, beta is in shift's; then fold in place */
             if (!cbn__read_values(tensors + p.entries[index[l * 6 + 1]].begin, n_out, dtype, scale, 0) ||

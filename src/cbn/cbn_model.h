@@ -5,10 +5,14 @@
  *     cc -O2 -std=c99 app.c "$CBN"/cbn_model.c -I"$CBN" -lm
  *
  * where CBN=$(python -c "import cbn; print(cbn.get_include())"). Use -std=c99 (or c11) or
- * -ffp-contract=off, never -ffast-math: GCC in its default GNU mode fuses a*b + c into one
- * fused multiply-add where the target has it, which changes the results' last bits; with
- * contraction off, every build (any compiler flags, SSE2, AVX2, AVX-512, NEON) gives the same
- * bits as cbn's Network.predict_proba in Python.
+ * -ffp-contract=off, never -ffast-math: every multiply-add of the kernel is an explicit fma()
+ * (exactly rounded, the same bits as an FMA instruction), and nothing else may be fused (GCC
+ * in its default GNU mode fuses a*b + c where the target has FMA, e.g. aarch64). Then every
+ * build (any flags, SSE2, AVX2, AVX-512, NEON) gives the same bits as cbn's
+ * Network.predict_proba in Python. No -march flag is needed: on x86-64, GCC and clang also
+ * compile the forward pass for AVX2 + FMA and take it at run time where the CPU has both
+ * (-DCBN_NO_DISPATCH turns that off); the baseline build calls fma() per product where the
+ * target has no FMA instruction (right, but slow: only old x86-64 CPUs run it).
  *
  * The model file is the one Network.save writes (format 2: safetensors with cbn metadata).
  * Every function returns 0 or a negative CBN_ERR_* code; nothing aborts or prints, and the
