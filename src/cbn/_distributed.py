@@ -401,11 +401,7 @@ def evaluate(sync, net, X, targets):
             sums[0] = net._loss(np.empty_like(logits), logits, net.layers[-1].b, targets) \
                 * X.shape[0]
             if net.output != "linear":
-                outputs = net._outputs(logits)
-                if net.output == "softmax":
-                    hits = outputs.argmax(axis=1) == targets
-                else:
-                    hits = (outputs > 0.5) == (targets > 0.5)
+                hits = net._hits(logits, targets)
                 sums[1], sums[3] = np.count_nonzero(hits), hits.size
         sums[2] = X.shape[0]
         return sums
