@@ -15,7 +15,7 @@ import numpy as np
 from mpi4py import MPI
 
 import cbn
-from cbn import _distributed
+from cbn import _batches
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _reference import batchnorm_forward  # noqa: E402
@@ -143,7 +143,7 @@ def check_fit_rule():
         losses = []
         for epoch in range(1, 4):
             ref.optimizer.lr = 1e-2 / epoch
-            plans = [_distributed.epoch_plan(counts, q, batch_size, key, epoch, shuffle)
+            plans = [_batches.epoch_plan(counts, q, batch_size, key, epoch, shuffle)
                      for q in range(P)]
             seen, total = [], 0.0
             for s in range(len(plans[0])):
@@ -236,7 +236,7 @@ def check_recompute_statistics():
     offsets = np.concatenate([[0], np.cumsum(counts)])
     net = make(comm, activation="tanh")
     net.recompute_statistics(X[a:b], batch_size=8)
-    plans = [_distributed.epoch_plan(counts, q, 8, 0, 0, False) for q in range(P)]
+    plans = [_batches.epoch_plan(counts, q, 8, 0, 0, False) for q in range(P)]
     batches = [X[np.concatenate([offsets[q] + plans[q][s] for q in range(P)])]
                for s in range(len(plans[0]))]
     means, variances = numpy_population_statistics(net, batches)

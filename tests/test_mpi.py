@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import cbn
-from cbn import _distributed, _kernels
+from cbn import _batches, _kernels
 from _reference import batchnorm_forward
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -161,18 +161,18 @@ def test_recompute_statistics_refuses_bad_input():
 @pytest.mark.parametrize("batch_size", [2, 4, 7, 32])
 def test_batch_rule(counts, batch_size):
     """Same S steps everywhere, each row once, global batches of near-equal size."""
-    steps = _distributed.step_count(sum(counts), batch_size)
+    steps = _batches.step_count(sum(counts), batch_size)
     assert steps == len(cbn.Network._batch_bounds(sum(counts), batch_size))
-    plans = [_distributed.epoch_plan(np.array(counts), r, batch_size, 5, 1, True)
+    plans = [_batches.epoch_plan(np.array(counts), r, batch_size, 5, 1, True)
              for r in range(len(counts))]
     assert all(len(plan) == steps for plan in plans)
     for r, plan in enumerate(plans):
         assert np.array_equal(np.sort(np.concatenate(plan)), np.arange(counts[r]))
-    sizes = _distributed.global_batch_sizes(np.array(counts), steps)
+    sizes = _batches.global_batch_sizes(np.array(counts), steps)
     assert sizes.tolist() == [sum(len(plan[s]) for plan in plans) for s in range(steps)]
     assert sizes.max() - sizes.min() <= len(counts) + 1
     # reproducible, and a new order every epoch
-    again = _distributed.epoch_plan(np.array(counts), 0, batch_size, 5, 1, True)
+    again = _batches.epoch_plan(np.array(counts), 0, batch_size, 5, 1, True)
     assert all(np.array_equal(a, b) for a, b in zip(again, plans[0]))
 
 

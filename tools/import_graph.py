@@ -23,7 +23,7 @@ LAYERS = [
     ("package", ["__init__"]),
     ("hub", ["network"]),
     ("parts of Network", ["_training", "_checkpoint", "_progress", "_history", "_predict",
-                          "_model_file", "_onnx", "_distributed", "_layers", "callbacks",
+                          "_model_file", "_onnx", "_distributed", "_batches", "_layers", "callbacks",
                           "optimizers"]),
     ("validation and helpers", ["_validation", "_threads", "_safetensors"]),
     ("kernels", ["capi", "_capi", "_kernels", "_dispatch", "_activations", "_batchnorm",

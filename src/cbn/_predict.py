@@ -85,13 +85,15 @@ class InferenceMixin:
         loss = self._loss(np.empty_like(logits), logits, self.layers[-1].b, targets)
         scores = {"loss": loss}
         if self.output != "linear":
-            outputs = self._outputs(logits)
-            if self.output == "softmax":
-                hits = outputs.argmax(axis=1) == targets
-            else:
-                hits = (outputs > 0.5) == (targets > 0.5)
-            scores["accuracy"] = float(np.mean(hits))
+            scores["accuracy"] = float(np.mean(self._hits(logits, targets)))
         return scores
+
+    def _hits(self, logits, targets):
+        """Which predictions are right: the class (softmax) or each 0.5 threshold (sigmoid)."""
+        outputs = self._outputs(logits)
+        if self.output == "softmax":
+            return outputs.argmax(axis=1) == targets
+        return (outputs > 0.5) == (targets > 0.5)
 
     def evaluate(self, X, y):
         """Loss (and accuracy, for softmax and sigmoid outputs) in inference mode.

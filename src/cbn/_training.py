@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from cbn import _checkpoint, _distributed, _progress
+from cbn import _batches, _checkpoint, _distributed, _progress
 from cbn import _validation as check
 from cbn._history import History
 
@@ -117,7 +117,7 @@ class TrainingMixin:
         remainder joins the batch before it); each epoch rank r permutes its shard with
         ``numpy.random.default_rng([key, epoch, r])`` (``key`` drawn per fit call from the
         network's generator, identical on all ranks) and takes the s-th of S near-equal
-        slices of it as its part of step s (see ``cbn._distributed.epoch_plan``). Every
+        slices of it as its part of step s (see ``cbn._batches.epoch_plan``). Every
         example is used once per epoch; the history, callbacks and ``validation_data``
         (each rank its own part) see global values; only rank 0 prints. The other
         arguments must be the same on every rank.
@@ -241,7 +241,7 @@ class TrainingMixin:
             if self._sync is None:
                 data = self._check_batch(X, y, min_rows=self._min_train_rows)
             else:  # a shard, maybe memory-mapped: checked in chunks, never copied whole
-                data = _distributed.check_shard(self, X, y)
+                data = _batches.check_shard(self, X, y)
             validation = None
             if validation_data is not None:
                 X_val, y_val = check.check_validation_data(validation_data)
@@ -261,12 +261,12 @@ class TrainingMixin:
         or an index array into this rank's X. Without comm: the rows, reshuffled every epoch
         by the network's generator, cut into batch_size-row batches (a 1-row remainder
         joins the batch before it). With comm: the batch rule of
-        :func:`cbn._distributed.epoch_plan`. The shuffle state is the int64 array that,
+        :func:`cbn._batches.epoch_plan`. The shuffle state is the int64 array that,
         with the generator's state, decides the coming plans (a checkpoint saves it): the
         permutation that the next epoch reshuffles, or the key of the batch rule.
         """
         if self._sync is not None:
-            return _distributed.batch_plan(self._sync, self, n_rows, batch_size, shuffle)
+            return _batches.batch_plan(self._sync, self, n_rows, batch_size, shuffle)
         bounds = self._batch_bounds(n_rows, batch_size)
         if not shuffle:
             return ((lambda epoch: [(slice(a, b), b - a) for a, b in bounds]), len(bounds),
@@ -288,7 +288,7 @@ class TrainingMixin:
         Xb, tb = buffers.get(n) or buffers.setdefault(
             n, (np.empty((n,) + X.shape[1:], self.dtype),
                 np.empty((n,) + targets.shape[1:], targets.dtype)))
-        _distributed.gather(Xb, X, rows)
+        _batches.gather(Xb, X, rows)
         np.take(targets, rows, axis=0, out=tb)
         return Xb, tb
 
@@ -315,7 +315,7 @@ class TrainingMixin:
             size = check.check_int("batch_size", batch_size, 2)
             if self._sync is None:
                 return size, check.check_features("X", X, self.layer_sizes[0], self.dtype, 2)
-            return size, _distributed.check_features("X", X, self.layer_sizes[0], self.dtype)
+            return size, _batches.check_features("X", X, self.layer_sizes[0], self.dtype)
         if self._sync is None:
             size, X_checked = local()
             bounds = self._batch_bounds(X_checked.shape[0], size)
@@ -324,7 +324,7 @@ class TrainingMixin:
             (size, X_checked), counts = _distributed.agree(
                 self._sync.comm, local, count=lambda result: result[1].shape[0])
             self._sync.counts = counts
-            plan, _, _, _ = _distributed.batch_plan(self._sync, self, X_checked.shape[0], size,
+            plan, _, _, _ = _batches.batch_plan(self._sync, self, X_checked.shape[0], size,
                                                     False)
             batches = plan(0)
         if not self._bn_cache:
@@ -339,7 +339,7 @@ class TrainingMixin:
                 n = rows.shape[0]
                 if n not in buffers:
                     buffers[n] = np.empty((n, X_checked.shape[1]), self.dtype)
-                Xb = _distributed.gather(buffers[n], X_checked, rows)
+                Xb = _batches.gather(buffers[n], X_checked, rows)
             if self._sync is not None:
                 self._sync.n_total = m
             self._train_forward(Xb, self._workspace(Xb.shape[0]))
