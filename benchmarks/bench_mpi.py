@@ -194,7 +194,7 @@ def main():
             rounds.setdefault("base", []).append(measure(mpiexec + me, 1, args.baseline))
     one, one_1t, two = best(rounds["one"]), best(rounds["one_1t"]), best(rounds["two"])
     print(f"\nper global step, float32, median of {args.steps} steps, best of {args.rounds} "
-          f"rounds (provisional on a busy machine)")
+          f"rounds")
     print(f"{'config':8} {'1p x 2t ms':>11} {'1p x 1t ms':>11} {'2r x 1t ms':>11} "
           f"{'2r/1p x2t':>10} {'in MPI ms':>9} {'MB sent/rank':>13}")
     for name in CONFIGS:
