@@ -384,7 +384,10 @@ def run_blas_info(quick, threads):
     """The BLAS NumPy uses: library, version, kernel (threadpoolctl), thread count."""
     import numpy as np
     import cbn
-    info = {"numpy": np.__version__, "cbn_threads": cbn.get_num_threads()}
+    import cbn._threads
+    pool = getattr(cbn._threads, "thread_pool", lambda: "own")()   # older cbn: its own
+    info = {"numpy": np.__version__, "cbn_threads": cbn.get_num_threads(),
+            "cbn_pool": "OpenBLAS's workers" if pool == "blas" else "cbn's own pool"}
     try:
         import threadpoolctl
     except ImportError:
@@ -504,7 +507,8 @@ def print_tables(res):
     if "library" in blas:
         print(f"BLAS: {blas['library']} {blas['version']}, kernel {blas['kernel']}, "
               f"{blas['blas_threads']} threads ({blas['threading']}); NumPy {blas['numpy']}; "
-              f"cbn kernels on {blas['cbn_threads']} threads; OPENBLAS_CORETYPE="
+              f"cbn kernels on {blas['cbn_threads']} threads ({blas['cbn_pool']}); "
+              f"OPENBLAS_CORETYPE="
               f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     elif blas:
         print(f"BLAS: {blas.get('note')}; NumPy {blas.get('numpy')}")

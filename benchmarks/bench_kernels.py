@@ -13,6 +13,11 @@ row shows what memory gives one and two cores, the ceiling of a bandwidth-bound 
 Thread counts alternate within each repetition (cbn.set_num_threads), so a noisy neighbour
 hurts them alike; figures are medians over the repetitions.
 
+A second table times the kernels at the sizes of the mnist-sized step ([784, 512, 256, 10],
+256 rows, float32) the way the step meets them: each call right after a matrix product of
+the step's first layer, when OpenBLAS's idle workers are still spinning. It compares 1 and
+2 threads on OpenBLAS's workers and on cbn's own pool (cbn._parallel), alternating.
+
 It uses the checkout's ``src`` when its kernels are built there
 (``python setup.py build_ext --inplace``), the installed cbn otherwise.
 """
@@ -21,6 +26,7 @@ import os
 import statistics
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -125,6 +131,91 @@ def print_table(dtype, thread_counts, times, sizes):
                         enumerate(zip(r, widths))))
 
 
+def step_kernels():
+    """{name: call} of the mnist step's kernels at its sizes (float32, 256 rows)."""
+    relu = _kernels.ACTIVATIONS["relu"]
+    rng = np.random.default_rng(1)
+    calls = {}
+    for D in (512, 256):
+        Z = rng.standard_normal((256, D)).astype(np.float32)
+        dA = rng.standard_normal((256, D)).astype(np.float32)
+        A, dZ = np.empty_like(Z), np.empty_like(Z)
+        gamma, beta = np.ones(D, np.float32), np.zeros(D, np.float32)
+        dgamma, dbeta = np.empty_like(gamma), np.empty_like(gamma)
+        mean, var, rstd = np.empty(D), np.empty(D), np.empty(D)
+        calls[f"bn+relu forward 256x{D}"] = (
+            lambda A=A, mean=mean, var=var, rstd=rstd, Z=Z, gamma=gamma, beta=beta:
+            _kernels.batchnorm_activation_forward(A, mean, var, rstd, Z, gamma, beta, 1e-5,
+                                                  relu))
+        calls[f"bn+relu forward 256x{D}"]()     # the statistics the backward needs
+        calls[f"bn+relu backward 256x{D}"] = (
+            lambda dZ=dZ, dgamma=dgamma, dbeta=dbeta, dA=dA, A=A, Z=Z, gamma=gamma, mean=mean,
+            rstd=rstd: _kernels.batchnorm_activation_backward(dZ, dgamma, dbeta, dA, A, Z,
+                                                              gamma, mean, rstd, relu))
+    n = 784 * 512 + 512 * 256 + 256 * 10 + 2 * (512 + 256) + 10
+    param, grad = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(
+        np.float32)
+    m, v, step = np.zeros_like(param), np.zeros_like(param), [0]
+
+    def adam():
+        step[0] += 1
+        _kernels.adam_update(param, m, v, grad, 1e-9, 0.9, 0.999, 1e-8, step[0])
+    calls[f"adam ({n} params)"] = adam
+    calls[f"divergence check ({n})"] = lambda: _kernels.largest_magnitude(grad)
+    return calls
+
+
+def measure_in_step(repeats, calls_per_repeat):
+    """{kernel: {(pool, threads): median seconds of a call made after a matrix product}}."""
+    from cbn import _parallel
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((256, 784)).astype(np.float32)
+    W = rng.standard_normal((512, 784)).astype(np.float32)
+    Z = np.empty((256, 512), np.float32)
+    runner = _parallel._blas_runner()
+    pools = (("OpenBLAS", runner), ("own", 0)) if runner else (("own", 0),)
+    results = {}
+    try:
+        for name, call in step_kernels().items():
+            per = {}
+            for _ in range(repeats):
+                for pool, address in pools:
+                    _parallel._set_blas_runner(address)
+                    for t in (1, 2):
+                        cbn.set_num_threads(t)
+                        times = []
+                        for _ in range(calls_per_repeat):
+                            np.matmul(X, W.T, out=Z)
+                            start = time.perf_counter()
+                            call()
+                            times.append(time.perf_counter() - start)
+                        per.setdefault((pool, t), []).append(statistics.median(times))
+            results[name] = {key: statistics.median(v) for key, v in per.items()}
+    finally:
+        _parallel._set_blas_runner(runner)
+        cbn.set_num_threads(0)
+    return results, [pool for pool, _ in pools]
+
+
+def print_in_step(results, pools):
+    head = ["kernel (after a matrix product)"]
+    for pool in pools:
+        head += [f"{pool} 1 thr us", f"{pool} 2 thr us", f"{pool} 2/1"]
+    rows = []
+    for name, per in results.items():
+        row = [name]
+        for pool in pools:
+            one, two = per[(pool, 1)], per[(pool, 2)]
+            row += [f"{one * 1e6:.1f}", f"{two * 1e6:.1f}", f"{one / two:.2f}"]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    print("\nfloat32, the mnist step's sizes, each call after a matrix product "
+          "(2/1: speed-up of 2 threads)")
+    for r in [head, ["-" * w for w in widths]] + rows:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                        enumerate(zip(r, widths))))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -137,6 +228,7 @@ def main(argv=None):
           f"kernels: {_kernels._instruction_set()}")
     for dtype in args.dtype:
         print_table(dtype, thread_counts, *measure(dtype, thread_counts, repeats, reps))
+    print_in_step(*measure_in_step(*((1, 5) if args.quick else (5, 40))))
 
 
 if __name__ == "__main__":

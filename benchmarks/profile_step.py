@@ -1,13 +1,17 @@
-"""Where the time of one cbn training step goes, part by part.
+"""Where the time of one cbn training step goes, part by part, measured inside the step.
 
     python benchmarks/profile_step.py [small|mnist|wide] [float32|float64]
 
-Times each part of ``Network._step`` on the network's own buffers (median of many calls)
-and prints it next to the whole step: the matrix products (the BLAS floor), the batch-norm
-kernels, the loss, the Adam update and the checks; "other" is the rest (Python glue).
+Runs ``Network._step`` many times with a timer around each matrix product, each kernel call
+and the optimizer update, and prints the median time of each part per step next to the
+median step (timed without the timers); "other" is the rest (Python glue). Parts are timed
+where they run, after the step's other parts: a kernel timed alone in a loop finds its data
+in cache and the BLAS's threads idle, and looked three times faster than inside the step.
 """
 import os
 import sys
+import time
+from collections import defaultdict
 
 import numpy as np
 
@@ -18,7 +22,41 @@ if built_in_place():
     sys.path.insert(0, SRC)
 
 import cbn  # noqa: E402
+import cbn._threads  # noqa: E402
+import cbn.network  # noqa: E402
 from cbn import _kernels  # noqa: E402
+
+PARTS = {  # kernel name -> the part it belongs to
+    "batchnorm_activation_forward": "batch norm + activation forward",
+    "batchnorm_activation_backward": "batch norm + activation backward",
+    "bias_activation_forward": "bias + activation forward",
+    "bias_activation_backward": "bias + activation backward",
+    "softmax_cross_entropy": "loss",
+    "sigmoid_binary_cross_entropy": "loss",
+    "mean_squared_error": "loss",
+    "largest_magnitude": "divergence check",
+    "batchnorm_update_running": "running statistics",
+}
+
+
+class Timed:
+    """Stands in for a module: the named functions are timed into totals[part]."""
+
+    def __init__(self, module, parts, totals):
+        self._module, self._parts, self._totals = module, parts, totals
+
+    def __getattr__(self, name):
+        function = getattr(self._module, name)
+        part = self._parts.get(name)
+        if part is None:
+            return function
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            result = function(*args, **kwargs)
+            self._totals[part] += time.perf_counter() - start
+            return result
+        return timed
 
 
 def main():
@@ -28,52 +66,43 @@ def main():
     X, y = data(sizes, batch, dtype)
     net = cbn.Network(sizes, dtype=dtype, seed=0)
     X, targets = net._check_batch(X, y, min_rows=2)
-    ws = net._workspace(batch)
-    reps = reps_for(sizes, batch, quick=False)
-    code, hidden, out = net._activation_code, net.layers[:-1], net.layers[-1]
-    grads = net._grad_views
-    L = len(net.layers) - 1
+    min_reps, min_seconds, warmup = reps_for(sizes, batch, quick=False)
+    for _ in range(warmup):
+        net._step(X, targets)
+    step = median_time(lambda: net._step(X, targets), min_reps, min_seconds, 0)
 
-    def matmuls():
-        A_prev = X
-        for l, layer in enumerate(net.layers):
-            np.matmul(A_prev, layer.W.T, out=ws.Z[l])
-            A_prev = ws.A[l] if l < L else None
-        for l in range(L, -1, -1):
-            dZ = ws.dZ_out if l == L else ws.G[l]
-            np.matmul(dZ.T, ws.A[l - 1] if l > 0 else X, out=grads[f"{l}.W"])
-            if l > 0:
-                np.matmul(dZ, net.layers[l].W, out=ws.G[l - 1])
+    totals = defaultdict(float)
+    per_step = defaultdict(list)
+    optimizer_step = net.optimizer.step
 
-    def bn_forward():
-        for l, layer in enumerate(hidden):
-            mean, var, rstd = net._bn_cache[l]
-            _kernels.batchnorm_activation_forward(
-                ws.A[l], mean, var, rstd, ws.Z[l], layer.gamma, layer.beta, net.bn_eps, code, 0.0)
+    def timed_optimizer(*args):
+        start = time.perf_counter()
+        optimizer_step(*args)
+        totals[f"{type(net.optimizer).__name__} update"] += time.perf_counter() - start
 
-    def bn_backward():
-        for l, layer in enumerate(hidden):
-            mean, _, rstd = net._bn_cache[l]
-            _kernels.batchnorm_activation_backward(
-                ws.G[l], grads[f"{l}.gamma"], grads[f"{l}.beta"], ws.G[l], ws.A[l], ws.Z[l],
-                layer.gamma, mean, rstd, code, 0.0)
-
-    net._step(X, targets)
-    parts = {
-        "matrix products (BLAS)": matmuls,
-        "batch norm + relu forward": bn_forward,
-        "batch norm + relu backward": bn_backward,
-        "softmax cross-entropy": lambda: net._loss(ws.dZ_out, ws.Z[-1], out.b, targets),
-        "Adam update": lambda: net.optimizer.step(net._params, net._grads),
-        "divergence check, running stats": lambda: (_kernels.largest_magnitude(net._grads),
-                                                    net._update_running_stats(batch)),
-    }
-    step = median_time(lambda: net._step(X, targets), *reps)
-    times = {name: median_time(fn, *reps) for name, fn in parts.items()}
+    cbn.network.np = Timed(np, {"matmul": "matrix products (BLAS)", "sum": "bias gradient"},
+                           totals)
+    cbn.network._kernels = Timed(_kernels, PARTS, totals)
+    net.optimizer.step = timed_optimizer
+    try:
+        start = time.perf_counter()
+        reps = 0
+        while reps < min_reps or time.perf_counter() - start < min_seconds:
+            totals.clear()
+            net._step(X, targets)
+            for part, seconds in totals.items():
+                per_step[part].append(seconds)
+            reps += 1
+    finally:
+        cbn.network.np, cbn.network._kernels = np, _kernels
+        del net.optimizer.step
+    times = {part: float(np.median(values)) for part, values in per_step.items()}
     times["other (Python glue)"] = max(step - sum(times.values()), 0.0)
+    pool = getattr(cbn._threads, "thread_pool", lambda: "own")()
     print(f"cbn step, {config}/{dtype}: {step * 1e3:.3f} ms (median), cbn kernels on "
-          f"{cbn.get_num_threads()} thread(s)")
-    for name, t in times.items():
+          f"{cbn.get_num_threads()} thread(s) ({'OpenBLAS' if pool == 'blas' else 'own'} "
+          f"pool); parts timed inside the step")
+    for name, t in sorted(times.items(), key=lambda item: -item[1]):
         print(f"  {name:34s} {t * 1e3:8.3f} ms  {100 * t / step:5.1f} %")
 
 

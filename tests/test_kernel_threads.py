@@ -187,3 +187,81 @@ def test_a_forked_child_starts_its_own_pool(threads, rng):
         got = json.loads(f.read())
     os.waitpid(pid, 0)
     assert got == expected
+
+
+# ---- where the parallel regions run: OpenBLAS's threads or cbn's own pool ---------------
+
+needs_two_cores = pytest.mark.skipif(
+    not _parallel.THREADS_SUPPORTED or not os.path.isdir("/proc/self/task")
+    or (os.cpu_count() or 1) < 2, reason="needs pthreads, Linux's /proc and 2 cores")
+
+# In a fresh process: does a kernel on 2 threads start a thread of its own once OpenBLAS's
+# workers exist? Prints the pool's name and the number of threads it started.
+COUNT_THREADS = """
+import os, numpy as np, cbn, cbn._threads
+from cbn import _kernels
+cbn.set_num_threads(2)
+np.ones((512, 512)) @ np.ones((512, 512))     # OpenBLAS's workers exist from here on
+before = len(os.listdir("/proc/self/task"))
+_kernels.largest_magnitude(np.ones(300_000, np.float32))
+print(cbn._threads.thread_pool(), len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+def in_child(code, env=None, stack_bytes=None):
+    def limit_stack():
+        import resource
+        resource.setrlimit(resource.RLIMIT_STACK,
+                           (stack_bytes, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CBN_THREAD_POOL": "", "OPENBLAS_NUM_THREADS": "2", **(env or {})},
+        preexec_fn=limit_stack if stack_bytes else None)
+    return proc.returncode, proc.stdout.split(), proc.stderr
+
+
+def numpy_blas_is_openblas_on_pthreads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    return any(info.get("internal_api") == "openblas"
+               and info.get("threading_layer") == "pthreads"
+               for info in threadpoolctl.threadpool_info())
+
+
+@needs_two_cores
+def test_kernels_run_on_openblas_threads_unless_CBN_THREAD_POOL_is_own():
+    if not numpy_blas_is_openblas_on_pthreads():
+        pytest.skip("NumPy's BLAS is not OpenBLAS on pthreads")
+    code, out, err = in_child(COUNT_THREADS)
+    assert (code, out) == (0, ["blas", "0"]), err    # no thread of cbn's own
+    code, out, err = in_child(COUNT_THREADS, {"CBN_THREAD_POOL": "own"})
+    assert (code, out) == (0, ["own", "1"]), err     # cbn's pool starts its worker
+
+
+@needs_two_cores
+def test_CBN_THREAD_POOL_refuses_other_values():
+    code, _, err = in_child(COUNT_THREADS, {"CBN_THREAD_POOL": "mine"})
+    assert code != 0 and "CBN_THREAD_POOL: expected 'blas' or 'own', got 'mine'" in err
+
+
+@needs_two_cores
+def test_threads_with_less_stack_than_the_kernels_need_keep_cbns_own_pool():
+    # a 1 MiB default thread stack (ulimit -s 1024): the kernels' frames take about
+    # 300 KiB and OpenBLAS's workers get only the default, so they are not used
+    code, out, err = in_child(COUNT_THREADS, stack_bytes=1 << 20)
+    assert (code, out) == (0, ["own", "1"]), err
+
+
+@needs_two_cores
+def test_both_pools_give_the_bytes_of_one_thread(threads):
+    runner = _parallel._blas_runner()
+    try:
+        threads(1)
+        serial = kernel_digests()
+        threads(2)
+        on_blas_threads = kernel_digests() if runner else serial
+        _parallel._set_blas_runner(0)
+        on_own_pool = kernel_digests()
+    finally:
+        _parallel._set_blas_runner(runner)
+    assert on_blas_threads == serial
+    assert on_own_pool == serial

@@ -3,9 +3,10 @@
 # not depend on the batch it is in (see cbn_model.c for the arithmetic). Validation happens
 # in Network; these functions trust their arguments.
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdlib cimport calloc, free, malloc
+
+from cbn cimport _parallel
 
 import numpy as np
 
@@ -33,6 +34,7 @@ cdef extern from "cbn_model.c" nogil:
         CBN_ERR_OVERFLOW
         CBN_ERR_NOMEM
         CBN_ROW_BLOCK_F32
+        CBN_ROW_BLOCK_F64
     size_t cbn__workspace_bytes(const cbn_model *m, size_t n_rows)
     void cbn__fold_f32(const float *gamma, const float *beta, const float *mean,
                        const float *var, size_t n, double eps, float *scale, float *shift)
@@ -174,30 +176,20 @@ cdef class _Model:
         return m
 
 
-cdef class _Call:
-    """One forward call: its model (layer table and folded batch norm in its own buffer) and
-    the addresses of X and out, for the threads that share the rows."""
-    cdef cbn_model model
-    cdef unsigned char *buf
-    cdef const unsigned char *X
-    cdef unsigned char *out
-    cdef size_t x_row, out_row   # bytes per row
+ctypedef struct RowsTask:
+    const cbn_model *model
+    const unsigned char *X
+    unsigned char *out
+    size_t x_row, out_row       # bytes per row
+    bint raw
+    int status[_parallel.MAX_PARTS]   # run_rows' status per chunk
 
-    def __cinit__(self):
-        self.buf = NULL
 
-    def __dealloc__(self):
-        free(self.buf)
-
-    def run(self, size_t start, size_t stop, bint raw):
-        """Rows start:stop of X into out; True if an output-layer value was not finite."""
-        cdef int status
-        with nogil:
-            status = run_rows(&self.model, self.X + start * self.x_row,
-                              self.out + start * self.out_row, stop - start, raw)
-        if status == CBN_ERR_NOMEM:
-            raise MemoryError()
-        return status == CBN_ERR_OVERFLOW
+cdef void rows_task(void *ctx, Py_ssize_t begin, Py_ssize_t end, int chunk) noexcept nogil:
+    """Rows [begin, end) of one call: a chunk of parallel_for."""
+    cdef RowsTask *t = <RowsTask *> ctx
+    t.status[chunk] = run_rows(t.model, t.X + begin * t.x_row, t.out + begin * t.out_row,
+                               end - begin, t.raw)
 
 
 cdef int run_rows(const cbn_model *model, const void *X, void *out, size_t n, bint raw) \
@@ -228,20 +220,22 @@ cdef void *data_address(array):
     return address
 
 
-_pool = None
 _models = weakref.WeakKeyDictionary()   # network -> its _Model
 
 
-def forward(net, X, bint raw, int n_threads):
+def forward(net, X, bint raw):
     """The network's outputs for X (C-contiguous, the network's dtype), as a new array.
 
-    raw=True returns the output layer's W.a (logits without the bias) instead. Rows are
-    split between n_threads threads for large X; each row is computed the same way whatever
-    thread or batch it is in. Returns (array, overflowed).
+    raw=True returns the output layer's W.a (logits without the bias) instead. Large X is
+    split by rows between the threads of cbn's kernels (cbn._parallel); each row is
+    computed the same way whatever thread or batch it is in. Returns (array, overflowed).
     """
-    global _pool
-    cdef _Call call
     cdef _Model model
+    cdef RowsTask task
+    cdef unsigned char *buf
+    cdef cbn_model prepared
+    cdef int k
+    cdef bint overflowed = False, out_of_memory = False
     layers = net.layers
     key = (tuple(layers), X.dtype, net._activation_code, net.output, net.negative_slope,
            net.bn_eps)
@@ -251,25 +245,30 @@ def forward(net, X, bint raw, int n_threads):
                        net.negative_slope, net.bn_eps)
         _models[net] = found
     model = <_Model> found
-    call = _Call()
-    call.buf = <unsigned char *> malloc(model.buffer_bytes())
-    if call.buf == NULL:
-        raise MemoryError()
-    call.model = model.prepare(call.buf)
-    cdef size_t n = X.shape[0], n_out = layers[len(layers) - 1].W.shape[0]
+    cdef Py_ssize_t n = X.shape[0], n_out = layers[len(layers) - 1].W.shape[0]
     out = np.empty((n, n_out), X.dtype)
-    call.X, call.out = <const unsigned char *> data_address(X), <unsigned char *> data_address(out)
-    call.x_row, call.out_row = X.shape[1] * model.item, n_out * model.item
-    # a thread gets at least a few row blocks (splitting smaller batches costs more than it saves)
-    parts = max(1, min(n_threads, n // (2 * CBN_ROW_BLOCK_F32)))
-    if parts == 1:
-        return out, call.run(0, n, raw)
-    if _pool is None or _pool._max_workers < parts - 1:
-        _pool = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="cbn-inference")
-    bounds = [n * t // parts for t in range(parts + 1)]
-    # the calling thread takes the last part itself (one hand-off fewer per call)
-    futures = [_pool.submit(call.run, bounds[t], bounds[t + 1], raw) for t in range(parts - 1)]
-    overflowed = call.run(bounds[parts - 1], bounds[parts], raw)
-    for f in futures:
-        overflowed |= f.result()
+    buf = <unsigned char *> malloc(model.buffer_bytes())
+    if buf == NULL:
+        raise MemoryError()
+    prepared = model.prepare(buf)
+    task.model = &prepared
+    task.X = <const unsigned char *> data_address(X)
+    task.out = <unsigned char *> data_address(out)
+    task.x_row, task.out_row = X.shape[1] * model.item, n_out * model.item
+    task.raw = raw
+    for k in range(_parallel.MAX_PARTS):
+        task.status[k] = CBN_OK
+    with nogil:
+        # chunks of whole row blocks; a thread gets at least two blocks of float32 rows
+        # (splitting smaller batches costs more than it saves)
+        _parallel.parallel_for(
+            rows_task, &task, n,
+            CBN_ROW_BLOCK_F32 if prepared.dtype == CBN_FLOAT32 else CBN_ROW_BLOCK_F64,
+            2 * CBN_ROW_BLOCK_F32)
+    free(buf)
+    for k in range(_parallel.MAX_PARTS):
+        overflowed |= task.status[k] == CBN_ERR_OVERFLOW
+        out_of_memory |= task.status[k] == CBN_ERR_NOMEM
+    if out_of_memory:
+        raise MemoryError()
     return out, overflowed

@@ -1,18 +1,23 @@
-"""A small thread pool for cbn's own kernels (batch norm, optimizer updates, checks).
+"""Where cbn's own kernels (batch norm, optimizer updates, checks) run in parallel.
 
 parallel_for(task, ctx, n, grain, min_work) splits [0, n) into contiguous chunks whose
 bounds are multiples of grain, calls task(ctx, begin, end, chunk) once per chunk on the
-calling thread or a pool thread (whichever claims it first) and returns when all are done.
-Ranges shorter than 2 * min_work stay on the calling thread (one call, chunk 0). The kernels split only where the
-arithmetic of each element (or unit) does not depend on the split, so results are
-bit-identical for any thread count.
+calling thread or a worker (whichever claims it first) and returns when all are done.
+Ranges shorter than 2 * min_work stay on the calling thread (one call, chunk 0). The
+kernels split only where the arithmetic of each element (or unit) does not depend on the
+split, so results are bit-identical for any thread count.
+
+The workers are the BLAS's own when cbn._threads registers OpenBLAS's gotoblas_pthread
+(set_blas_runner): one set of threads for the matrix products and the kernels between
+them, with OpenBLAS's wait policy. Otherwise (another BLAS, CBN_THREAD_POOL=own, or more
+threads set than the BLAS has) a small pool of cbn's own: an idle worker sleeps on a
+condition variable (a passive wait), and one parallel region runs at a time: a call made
+while the pool is busy (another Python thread training another network) runs serially on
+its own thread.
 
 Why not OpenMP: its threads busy-wait between parallel regions by default and then fight
 the BLAS's threads for the cores (an earlier attempt lost to that), and the wait policy can
-only be set through the environment before the runtime starts. Here an idle worker sleeps
-on a condition variable (a passive wait) and the pool only starts when a kernel is large
-enough to use it. One parallel region runs at a time: a call made while the pool is busy
-(another Python thread training another network) runs serially on its own thread.
+only be set through the environment before the runtime starts.
 
 Thread count: set_num_threads(n) fixes it; 0 (the default) follows the BLAS library's
 current thread count, read through the function registered by set_blas_thread_getter
@@ -32,6 +37,11 @@ cdef extern from *:
 
     static int cbn_explicit_threads = 0;        /* 0: follow the BLAS */
     static cbn_count_fn cbn_blas_threads = NULL;
+    /* OpenBLAS's gotoblas_pthread(jobs, fn, args, stride): runs fn(args + i * stride) for
+       each i < jobs, job 0 on the caller and the rest on OpenBLAS's own worker threads,
+       and returns when all are done. NULL: cbn's own pool. */
+    typedef int (*cbn_blas_run_fn)(int jobs, void *fn, void *args, int stride);
+    static cbn_blas_run_fn cbn_blas_run = NULL;
 
     static int cbn_threads_wanted(void) {
         int n = cbn_explicit_threads;
@@ -51,6 +61,7 @@ cdef extern from *:
 
     #if defined(_WIN32)
     static int cbn_parallel_threads_supported(void) { return 0; }
+    static int cbn_default_stack_ok(void) { return 0; }
     static void cbn_parallel_for(cbn_task_fn fn, void *ctx, Py_ssize_t n, Py_ssize_t grain,
                                  Py_ssize_t min_work) {
         (void)grain; (void)min_work;
@@ -117,6 +128,33 @@ cdef extern from *:
 
     static int cbn_parallel_threads_supported(void) { return 1; }
 
+    /* Threads of the process get the default stack size: OpenBLAS's workers are made so.
+       The BLAS's threads run the kernels only if that is at least CBN_STACK_BYTES. */
+    static int cbn_default_stack_ok(void) {
+        pthread_attr_t attr;
+        size_t stack = 0;
+        if (pthread_attr_init(&attr) != 0) return 0;
+        if (pthread_attr_getstacksize(&attr, &stack) != 0) stack = 0;
+        pthread_attr_destroy(&attr);
+        return stack >= CBN_STACK_BYTES;
+    }
+
+    /* One region on the BLAS's threads: each job claims chunks until none is left, so a
+       worker that starts late costs only its own start. */
+    typedef struct {
+        cbn_task_fn fn; void *ctx;
+        Py_ssize_t n, grain;
+        int chunks, next;
+    } cbn_blas_region;
+
+    static void cbn_blas_job(void *arg) {
+        cbn_blas_region *r = *(cbn_blas_region **)arg;
+        int k;
+        while ((k = __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED)) < r->chunks)
+            r->fn(r->ctx, cbn_part_bound(r->n, r->grain, r->chunks, k),
+                  cbn_part_bound(r->n, r->grain, r->chunks, k + 1), k);
+    }
+
     /* The range is cut into a few chunks per thread, claimed one at a time by whichever
        thread is free: the caller works from the start and waits only for chunks a worker
        has claimed, so a worker the OS has not yet scheduled (a busy machine) costs nothing. */
@@ -128,7 +166,27 @@ cdef extern from *:
         if (min_work < 1) min_work = 1;
         if (threads > n / min_work) threads = (int)(n / min_work);
         if (threads > n_grains) threads = (int)n_grains;
-        if (threads <= 1 || pthread_mutex_trylock(&cbn_pool.use) != 0) {
+        if (threads <= 1) {
+            if (n > 0) fn(ctx, 0, n, 0);
+            return;
+        }
+        /* a few chunks per thread balance the load, but never chunks of fewer than
+           CBN_MIN_CHUNK_GRAINS grains: batch norm's chunks are ranges of units, and each
+           row's piece of a narrow range is a short run of memory, which the hardware
+           prefetchers follow badly (at two threads, four chunks each ran slower than one) */
+        wide = n_grains / CBN_MIN_CHUNK_GRAINS;
+        chunks = wide < threads ? threads : wide > 4 * threads ? 4 * threads : (int)wide;
+        if (chunks > CBN_MAX_THREADS) chunks = CBN_MAX_THREADS;
+        /* on the BLAS's threads when it has as many (they serve concurrent callers) */
+        if (cbn_blas_run && cbn_blas_threads && threads <= cbn_blas_threads()) {
+            cbn_blas_region region = {fn, ctx, n, grain, chunks, 0};
+            cbn_blas_region *jobs[CBN_MAX_THREADS];
+            int i;
+            for (i = 0; i < threads; i++) jobs[i] = &region;
+            cbn_blas_run(threads, (void *)cbn_blas_job, jobs, (int)sizeof(jobs[0]));
+            return;
+        }
+        if (pthread_mutex_trylock(&cbn_pool.use) != 0) {
             if (n > 0) fn(ctx, 0, n, 0);
             return;
         }
@@ -152,13 +210,6 @@ cdef extern from *:
             if (failed) break;
             cbn_pool.started++;
         }
-        /* a few chunks per thread balance the load, but never chunks of fewer than
-           CBN_MIN_CHUNK_GRAINS grains: batch norm's chunks are ranges of units, and each
-           row's piece of a narrow range is a short run of memory, which the hardware
-           prefetchers follow badly (at two threads, four chunks each ran slower than one) */
-        wide = n_grains / CBN_MIN_CHUNK_GRAINS;
-        chunks = wide < threads ? threads : wide > 4 * threads ? 4 * threads : (int)wide;
-        if (chunks > CBN_MAX_THREADS) chunks = CBN_MAX_THREADS;
         cbn_pool.fn = fn; cbn_pool.ctx = ctx; cbn_pool.n = n; cbn_pool.grain = grain;
         cbn_pool.chunks = chunks;
         cbn_pool.next = 0;
@@ -179,8 +230,11 @@ cdef extern from *:
     int cbn_explicit_threads
     ctypedef int (*cbn_count_fn)() noexcept nogil
     cbn_count_fn cbn_blas_threads
+    ctypedef int (*cbn_blas_run_fn)(int, void*, void*, int) noexcept nogil
+    cbn_blas_run_fn cbn_blas_run
     int cbn_threads_wanted() noexcept nogil
     int cbn_parallel_threads_supported() noexcept nogil
+    int cbn_default_stack_ok() noexcept nogil
     void cbn_parallel_for(task_fn fn, void* ctx, Py_ssize_t n, Py_ssize_t grain,
                           Py_ssize_t min_work) noexcept nogil
 
@@ -216,6 +270,21 @@ def _set_blas_thread_getter(size_t address):
     """Register the address of a C function int(void) returning the BLAS's thread count."""
     global cbn_blas_threads
     cbn_blas_threads = <cbn_count_fn>address
+
+
+def _set_blas_runner(size_t address):
+    """Run parallel regions through OpenBLAS's gotoblas_pthread at this address (0: on
+    cbn's own pool). Refused (returns False) where threads get less stack than the
+    kernels need, or the build runs serially."""
+    global cbn_blas_run
+    if address and not (cbn_parallel_threads_supported() and cbn_default_stack_ok()):
+        return False
+    cbn_blas_run = <cbn_blas_run_fn>address
+    return True
+
+
+def _blas_runner():
+    return <size_t>cbn_blas_run
 
 
 def _threads_in_use():

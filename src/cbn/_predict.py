@@ -13,7 +13,6 @@ import numpy as np
 
 from cbn import _distributed, _inference, _inference_avx2, _kernels
 from cbn import _validation as check
-from cbn._threads import get_num_threads
 
 _BUILD = (_inference_avx2
           if _inference_avx2.INSTRUCTION_SET == "avx2" and _inference.cpu_has_avx2_fma()
@@ -28,7 +27,7 @@ def forward(net, X, raw):
     Raises FloatingPointError if a value of the output layer overflowed to inf or NaN."""
     import numpy as np
 
-    out, overflowed = _BUILD.forward(net, X, raw, get_num_threads())
+    out, overflowed = _BUILD.forward(net, X, raw)
     if overflowed:
         raise FloatingPointError(
             f"X: the network's outputs overflowed to infinity or NaN; the values of X "

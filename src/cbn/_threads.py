@@ -6,6 +6,14 @@ threadpoolctl's ``threadpool_limits`` and ``numpy``'s own settings govern both a
 that count cannot be read (another BLAS), the kernels use threadpoolctl's figure for the
 BLAS if threadpoolctl is installed, else one thread. ``CBN_NUM_THREADS`` in the environment
 or :func:`cbn.set_num_threads` fix the count instead.
+
+Where the threads come from: with OpenBLAS built on pthreads (NumPy's wheels), a kernel's
+parallel region runs on OpenBLAS's own worker threads (``gotoblas_pthread``), the
+threads the matrix products of the same step use. A second pool would fight them: after
+each product OpenBLAS's idle workers spin for about 0.1 s, so a woken cbn thread shares a
+core with a spinning one (on 2 cores, two threads then ran batch norm slower than one).
+``CBN_THREAD_POOL=own`` keeps cbn's own pool (cbn._parallel), which is also used where
+the BLAS offers no such entry, and when more threads are set than the BLAS has.
 """
 import ctypes
 import glob
@@ -17,6 +25,8 @@ from cbn import _parallel
 # scipy-openblas, whose symbols carry a prefix and a 64_ suffix)
 _GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
             "openblas_get_num_threads64_", "openblas_get_num_threads")
+_PARALLEL = ("scipy_openblas_get_parallel64_", "scipy_openblas_get_parallel",
+             "openblas_get_parallel64_", "openblas_get_parallel")
 
 
 def _openblas_libraries():
@@ -28,8 +38,17 @@ def _openblas_libraries():
     return paths
 
 
-def _find_blas_getter():
-    """Address of the BLAS's int(void) thread-count function, or None."""
+def _function_address(lib, names):
+    """Address of the first of names lib exports, or None."""
+    for name in names:
+        function = getattr(lib, name, None)
+        if function is not None:
+            return ctypes.cast(function, ctypes.c_void_p).value
+    return None
+
+
+def _find_openblas():
+    """(library, thread-count getter address) of the OpenBLAS NumPy uses, or (None, None)."""
     candidates = _openblas_libraries()   # NumPy's own first
     try:
         import threadpoolctl
@@ -44,13 +63,28 @@ def _find_blas_getter():
                 if path else ctypes.CDLL(None)
         except OSError:
             continue
-        for name in _GETTERS:
-            function = getattr(lib, name, None)
-            if function is not None:
-                # keep the library loaded for as long as the process runs
-                _find_blas_getter.keep = lib
-                return ctypes.cast(function, ctypes.c_void_p).value
-    return None
+        address = _function_address(lib, _GETTERS)
+        if address is not None:
+            return lib, address
+    return None, None
+
+
+def _blas_runner(lib):
+    """Address of OpenBLAS's gotoblas_pthread if lib runs its threads on pthreads, else None.
+
+    gotoblas_pthread(jobs, fn, args, stride) is how OpenBLAS's own drivers run parallel
+    work on its thread server; openblas_get_parallel() is 1 for the pthreads server (0:
+    sequential build, 2: OpenMP, whose runtime has its own wait policy).
+    """
+    choice = os.environ.get("CBN_THREAD_POOL", "").strip().lower()
+    if choice not in ("", "blas", "own"):
+        raise ValueError(f"CBN_THREAD_POOL: expected 'blas' or 'own', got {choice!r}")
+    if choice == "own":
+        return None
+    parallel = _function_address(lib, _PARALLEL)
+    if parallel is None or ctypes.CFUNCTYPE(ctypes.c_int)(parallel)() != 1:
+        return None
+    return _function_address(lib, ("gotoblas_pthread",))
 
 
 def _blas_threads_once():
@@ -90,10 +124,19 @@ def get_num_threads():
 _FALLBACK = [0]
 
 
+def thread_pool():
+    """Where the kernels' parallel regions run: 'blas' (OpenBLAS's threads) or 'own'."""
+    return "blas" if _parallel._blas_runner() else "own"
+
+
 def _setup():
-    address = _find_blas_getter()
+    lib, address = _find_openblas()
     if address is not None:
+        _setup.keep = lib   # keep the library loaded for as long as the process runs
         _parallel._set_blas_thread_getter(address)
+        runner = _blas_runner(lib)
+        if runner is not None:
+            _parallel._set_blas_runner(runner)
     else:
         count = _blas_threads_once()
         _FALLBACK[0] = min(count, _parallel.MAX_THREADS) if count else 1
