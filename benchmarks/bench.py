@@ -12,8 +12,6 @@ the rounds), interleaving the frameworks so that a noisy neighbour hurts them al
 header names the BLAS library, its version and the kernel it runs (threadpoolctl, from
 ``pip install "cbn[bench]"``); PyTorch and jax columns appear when they are installed.
 The scaling table times cbn's step against batch size and against width next to its floor.
-On more than one thread, "own pool" times cbn once more with ``CBN_THREAD_POOL=own`` (its
-kernels on a thread pool of its own instead of OpenBLAS's workers), side by side.
 
 The BLAS floor is the time of the step's matrix products alone (forward W·A, backward dW
 and dA, with preallocated outputs): no framework can train faster than its BLAS.
@@ -42,7 +40,7 @@ CONFIGS = {  # name: (layer sizes, batch size)
     "wide": ([784, 2048, 2048, 10], 1024),
 }
 DTYPES = ("float32", "float64")
-FRAMEWORKS = ("cbn", "cbn-own", "torch", "jax", "numpy", "blas")
+FRAMEWORKS = ("cbn", "torch", "jax", "numpy", "blas")
 PEERS = ("torch", "jax")  # the frameworks cbn is compared with ("best peer")
 # Scaling: the mnist-sized network against batch size, and [784, w, w, 10] against width w
 SCALING_BATCHES = (64, 128, 256, 512, 1024)
@@ -256,7 +254,7 @@ def blas_step(sizes, batch, dtype):
     return step
 
 
-STEPS = {"cbn": cbn_step, "cbn-own": cbn_step, "torch": torch_step, "jax": jax_step, "numpy": numpy_step,
+STEPS = {"cbn": cbn_step, "torch": torch_step, "jax": jax_step, "numpy": numpy_step,
          "blas": blas_step}
 
 
@@ -428,8 +426,6 @@ def spawn(kind, framework, cases, quick, threads):
     env = dict(os.environ)
     env.update({var: str(threads) for var in THREAD_VARS})
     env["CBN_NUM_THREADS"] = str(threads)
-    # "cbn-own": cbn with its kernels on its own thread pool instead of OpenBLAS's workers
-    env["CBN_THREAD_POOL"] = "own" if framework == "cbn-own" else ""
     if framework == "jax":  # XLA's CPU thread pool: as many threads as the others
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
                             + ("true" if threads > 1 else "false")
@@ -462,8 +458,7 @@ def collect(quick, threads, rounds):
     dtypes = ["float32"] if quick else list(DTYPES)
     cases = [f"{c}/{d}" for c in configs for d in dtypes]
     scaling = scaling_cases(quick)
-    frameworks = [f for f in FRAMEWORKS if (f not in PEERS or have(f))
-                  and (f != "cbn-own" or threads > 1)]
+    frameworks = [f for f in FRAMEWORKS if f not in PEERS or have(f)]
     notes = [f"{f} is not installed: its columns are skipped" for f in PEERS
              if f not in frameworks]
     raw = {f: [] for f in frameworks}
@@ -520,9 +515,8 @@ def print_tables(res):
     for note in res["notes"]:
         print("note:", note)
     print()
-    own = "cbn-own" in steps   # cbn with its kernels on its own pool (threads > 1)
     head = ["config/dtype", "cbn ms"] + [f"{f} ms" for f in peers] + ["numpy ms", "BLAS ms"]
-    head += [f"{f}/cbn" for f in peers] + ["numpy/cbn"] + (["own pool/cbn"] if own else [])
+    head += [f"{f}/cbn" for f in peers] + ["numpy/cbn"]
     head += (["best peer/cbn"] if peers else []) + ["cbn/BLAS"] + [f"{f}/BLAS" for f in peers]
     rows = []
     for case in res["cases"]:
@@ -534,17 +528,13 @@ def print_tables(res):
         row += [fmt_time(t["numpy"]), fmt_time(t["blas"])]
         row += [f"{t[f] / t['cbn']:.2f}x" if t.get(f) else "-" for f in peers]
         row += [f"{t['numpy'] / t['cbn']:.2f}x"]
-        if own:
-            row += [f"{t['cbn-own'] / t['cbn']:.2f}x" if t.get("cbn-own") else "-"]
         if peers:
             row += [f"{min(t[f] for f in have_peers) / t['cbn']:.2f}x" if have_peers else "-"]
         row += [f"{t['cbn'] / t['blas']:.2f}"]
         row += [f"{t[f] / t['blas']:.2f}" if t.get(f) else "-" for f in peers]
         rows.append(row)
     print_table("Training step (forward + backward + Adam), median ms per step", head, rows)
-    print("x/cbn > 1: cbn is faster.  x/BLAS: step time as a multiple of its matrix products alone."
-          + ("  own pool: cbn with CBN_THREAD_POOL=own (kernels on its own threads, not "
-             "OpenBLAS's)." if own else ""))
+    print("x/cbn > 1: cbn is faster.  x/BLAS: step time as a multiple of its matrix products alone.")
 
     rows = []
     for case in res.get("scaling", []):

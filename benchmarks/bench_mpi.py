@@ -82,7 +82,9 @@ def timed_mpi(clock):
     return lambda: module
 
 
-def worker(steps):
+def worker(steps, share):
+    """Time train_step per configuration; alone, share > 1 trains on batch / share rows
+    (what one of `share` ranks computes, without the communication)."""
     import cbn
     comm = None
     if os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("PMI_SIZE"):
@@ -96,6 +98,8 @@ def worker(steps):
         X = rng.normal(size=(batch, sizes[0])).astype(np.float32)
         y = rng.integers(0, sizes[-1], batch)
         a, b = rank * batch // P, (rank + 1) * batch // P
+        if comm is None and share > 1:
+            a, b = 0, batch // share
         net = cbn.Network(sizes, seed=0, comm=comm)
         timed = None
         if comm is not None:
@@ -158,9 +162,10 @@ def main():
                         help="also time 2 ranks on the cbn package in DIR (PYTHONPATH=DIR, "
                              "e.g. a copy of src/ at an older commit), interleaved")
     parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--share", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.steps)
+        return worker(args.steps, args.share)
     me = [sys.executable, os.path.abspath(__file__), "--worker", "--steps", str(args.steps)]
     try:
         import threadpoolctl
@@ -185,14 +190,16 @@ def main():
         for name in CONFIGS:
             merged[name] = min((run[name] for run in runs), key=lambda r: r["step"])
         return merged
-    rounds = {"one": [], "one_1t": [], "two": []}
+    rounds = {"one": [], "one_1t": [], "two": [], "half_1t": []}
     for _ in range(args.rounds):   # interleaved, so a burst of load hits all variants alike
         rounds["one"].append(measure(me, 2))
         rounds["two"].append(measure(mpiexec + me, 1))
         rounds["one_1t"].append(measure(me, 1))
+        rounds["half_1t"].append(measure(me + ["--share", "2"], 1))
         if args.baseline:
             rounds.setdefault("base", []).append(measure(mpiexec + me, 1, args.baseline))
     one, one_1t, two = best(rounds["one"]), best(rounds["one_1t"]), best(rounds["two"])
+    half_1t = best(rounds["half_1t"])
     print(f"\nper global step, float32, median of {args.steps} steps, best of {args.rounds} "
           f"rounds")
     print(f"{'config':8} {'1p x 2t ms':>11} {'1p x 1t ms':>11} {'2r x 1t ms':>11} "
@@ -223,6 +230,14 @@ def main():
         print(f"  {name:8} compute {c['step'] / 2 * 1e3:8.2f} vs {computed * 1e3:8.2f} ms,"
               f" communication {comm_model * 1e3:6.2f} vs {b['comm'] * 1e3:6.2f} ms, step "
               f"{(c['step'] / 2 + comm_model) * 1e3:8.2f} vs {b['step'] * 1e3:8.2f} ms")
+    print("one rank's share alone (1 process x 1 thread on batch / 2 rows, no communication): "
+          "the compute a rank cannot avoid; the model's 1-thread step / 2 leaves out what does "
+          "not shrink with the rows (the optimizer update and the checks over all parameters, "
+          "the dW products' shorter sums):")
+    for name in CONFIGS:
+        h, c = half_1t[name], one_1t[name]
+        print(f"  {name:8} {h['step'] * 1e3:8.2f} ms ({h['step'] / c['step']:.0%} of the "
+              f"full-batch 1-thread step)")
     print("\npredicted on a 10 GB/s network, alpha 2 us (compute per rank = 1-thread step / P):")
     print(f"{'config':8} {'P':>5} {'step ms':>9} {'efficiency':>11}")
     for name in CONFIGS:
