@@ -76,11 +76,6 @@ def _blas_runner(lib):
     work on its thread server; openblas_get_parallel() is 1 for the pthreads server (0:
     sequential build, 2: OpenMP, whose runtime has its own wait policy).
     """
-    choice = os.environ.get("CBN_THREAD_POOL", "").strip().lower()
-    if choice not in ("", "blas", "own"):
-        raise ValueError(f"CBN_THREAD_POOL: expected 'blas' or 'own', got {choice!r}")
-    if choice == "own":
-        return None
     parallel = _function_address(lib, _PARALLEL)
     if parallel is None or ctypes.CFUNCTYPE(ctypes.c_int)(parallel)() != 1:
         return None
@@ -130,11 +125,14 @@ def thread_pool():
 
 
 def _setup():
+    pool = os.environ.get("CBN_THREAD_POOL", "").strip().lower()
+    if pool not in ("", "blas", "own"):
+        raise ValueError(f"CBN_THREAD_POOL: expected 'blas' or 'own', got {pool!r}")
     lib, address = _find_openblas()
     if address is not None:
         _setup.keep = lib   # keep the library loaded for as long as the process runs
         _parallel._set_blas_thread_getter(address)
-        runner = _blas_runner(lib)
+        runner = _blas_runner(lib) if pool != "own" else None
         if runner is not None:
             _parallel._set_blas_runner(runner)
     else:
