@@ -5,6 +5,7 @@ the flat buffer; each unit (element) keeps the serial arithmetic, so the bytes m
 depend on the thread count. Sizes are large enough for the pool to split them into three
 parts (at least 32768 elements per part).
 """
+import ctypes
 import hashlib
 import json
 import os
@@ -121,7 +122,9 @@ def test_training_is_bit_identical_on_1_and_3_threads(threads, dtype, rng):
 
 
 def test_two_python_threads_sharing_the_pool_get_serial_results(threads, rng):
-    """A kernel called while another thread holds the pool runs serially: same results."""
+    """Two threads training at once (their kernels' regions and matrix products interleave
+    on OpenBLAS's workers, or one runs serially while the other holds cbn's own pool): the
+    results of training one after the other."""
     X = rng.standard_normal((256, 300)).astype(np.float32)
     y = rng.integers(0, 10, 256)
 
@@ -191,9 +194,19 @@ def test_a_forked_child_starts_its_own_pool(threads, rng):
 
 # ---- where the parallel regions run: OpenBLAS's threads or cbn's own pool ---------------
 
-needs_two_cores = pytest.mark.skipif(
+def usable_cores():
+    """The cores this process may run on (OpenBLAS caps its thread count at them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# the routing tests need Linux's /proc and a parent that runs its kernels on OpenBLAS's
+# workers (NumPy's OpenBLAS on pthreads, a default stack of at least 2 MiB)
+needs_blas_route = pytest.mark.skipif(
     not _parallel.THREADS_SUPPORTED or not os.path.isdir("/proc/self/task")
-    or (os.cpu_count() or 1) < 2, reason="needs pthreads, Linux's /proc and 2 cores")
+    or usable_cores() < 2 or not _parallel._blas_runner(),
+    reason="needs Linux, 2 cores and NumPy's OpenBLAS on pthreads")
 
 # In a fresh process: does a kernel on 2 threads start a thread of its own once OpenBLAS's
 # workers exist? Prints the pool's name and the number of threads it started.
@@ -220,30 +233,20 @@ def in_child(code, env=None, stack_bytes=None):
     return proc.returncode, proc.stdout.split(), proc.stderr
 
 
-def numpy_blas_is_openblas_on_pthreads():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    return any(info.get("internal_api") == "openblas"
-               and info.get("threading_layer") == "pthreads"
-               for info in threadpoolctl.threadpool_info())
-
-
-@needs_two_cores
+@needs_blas_route
 def test_kernels_run_on_openblas_threads_unless_CBN_THREAD_POOL_is_own():
-    if not numpy_blas_is_openblas_on_pthreads():
-        pytest.skip("NumPy's BLAS is not OpenBLAS on pthreads")
     code, out, err = in_child(COUNT_THREADS)
     assert (code, out) == (0, ["blas", "0"]), err    # no thread of cbn's own
     code, out, err = in_child(COUNT_THREADS, {"CBN_THREAD_POOL": "own"})
     assert (code, out) == (0, ["own", "1"]), err     # cbn's pool starts its worker
 
 
-@needs_two_cores
 def test_CBN_THREAD_POOL_refuses_other_values():
-    code, _, err = in_child(COUNT_THREADS, {"CBN_THREAD_POOL": "mine"})
+    code, _, err = in_child("import cbn", {"CBN_THREAD_POOL": "mine"})
     assert code != 0 and "CBN_THREAD_POOL: expected 'blas' or 'own', got 'mine'" in err
 
 
-@needs_two_cores
+@needs_blas_route
 def test_threads_with_less_stack_than_the_kernels_need_keep_cbns_own_pool():
     # a 1 MiB default thread stack (ulimit -s 1024): the kernels' frames take about
     # 300 KiB and OpenBLAS's workers get only the default, so they are not used
@@ -251,14 +254,18 @@ def test_threads_with_less_stack_than_the_kernels_need_keep_cbns_own_pool():
     assert (code, out) == (0, ["own", "1"]), err
 
 
-@needs_two_cores
+@needs_blas_route
 def test_both_pools_give_the_bytes_of_one_thread(threads):
+    _, getter = cbn._threads._find_openblas()
+    if ctypes.CFUNCTYPE(ctypes.c_int)(getter)() < 2:
+        pytest.skip("NumPy's BLAS runs on one thread here")   # 2 threads would not use it
     runner = _parallel._blas_runner()
     try:
         threads(1)
         serial = kernel_digests()
         threads(2)
-        on_blas_threads = kernel_digests() if runner else serial
+        assert cbn._threads.thread_pool() == "blas"
+        on_blas_threads = kernel_digests()
         _parallel._set_blas_runner(0)
         on_own_pool = kernel_digests()
     finally:

@@ -247,17 +247,17 @@ def forward(net, X, bint raw):
     model = <_Model> found
     cdef Py_ssize_t n = X.shape[0], n_out = layers[len(layers) - 1].W.shape[0]
     out = np.empty((n, n_out), X.dtype)
-    buf = <unsigned char *> malloc(model.buffer_bytes())
-    if buf == NULL:
-        raise MemoryError()
-    prepared = model.prepare(buf)
-    task.model = &prepared
     task.X = <const unsigned char *> data_address(X)
     task.out = <unsigned char *> data_address(out)
     task.x_row, task.out_row = X.shape[1] * model.item, n_out * model.item
     task.raw = raw
     for k in range(_parallel.MAX_PARTS):
         task.status[k] = CBN_OK
+    buf = <unsigned char *> malloc(model.buffer_bytes())   # nothing below raises before free
+    if buf == NULL:
+        raise MemoryError()
+    prepared = model.prepare(buf)
+    task.model = &prepared
     with nogil:
         # chunks of whole row blocks; a thread gets at least two blocks of float32 rows
         # (splitting smaller batches costs more than it saves)

@@ -1,6 +1,6 @@
-# A small thread pool for cbn's kernels (see _parallel.pyx): chunks of [0, n) with bounds on
-# multiples of grain; task(ctx, begin, end, chunk) runs once per chunk (chunk < MAX_PARTS,
-# the range may be empty) on some thread; idle threads sleep.
+# cbn's kernels in parallel (see _parallel.pyx), on OpenBLAS's workers or a pool of cbn's:
+# chunks of [0, n) with bounds on multiples of grain; task(ctx, begin, end, chunk) runs once
+# per chunk (chunk < MAX_PARTS, the range may be empty) on some thread. Tasks never call BLAS.
 cdef enum:
     MAX_PARTS = 64   # most threads (and chunks) of one call; CBN_MAX_THREADS in the C code
 

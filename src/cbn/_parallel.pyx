@@ -9,7 +9,9 @@ split, so results are bit-identical for any thread count.
 
 The workers are the BLAS's own when cbn._threads registers OpenBLAS's gotoblas_pthread
 (set_blas_runner): one set of threads for the matrix products and the kernels between
-them, with OpenBLAS's wait policy. Otherwise (another BLAS, CBN_THREAD_POOL=own, or more
+them, with OpenBLAS's wait policy (one region at a time; a kernel called meanwhile from
+another thread runs serially on its own thread). Tasks must never call the BLAS: a worker
+inside a cbn job cannot serve it. Otherwise (another BLAS, CBN_THREAD_POOL=own, or more
 threads set than the BLAS has) a small pool of cbn's own: an idle worker sleeps on a
 condition variable (a passive wait), and one parallel region runs at a time: a call made
 while the pool is busy (another Python thread training another network) runs serially on
@@ -62,6 +64,7 @@ cdef extern from *:
     #if defined(_WIN32)
     static int cbn_parallel_threads_supported(void) { return 0; }
     static int cbn_default_stack_ok(void) { return 0; }
+    static int cbn_blas_fork_handlers(void) { return 0; }
     static void cbn_parallel_for(cbn_task_fn fn, void *ctx, Py_ssize_t n, Py_ssize_t grain,
                                  Py_ssize_t min_work) {
         (void)grain; (void)min_work;
@@ -69,6 +72,7 @@ cdef extern from *:
     }
     #else
     #include <pthread.h>
+    #include <sched.h>
 
     static struct {
         pthread_mutex_t use;            /* held by the one parallel region running */
@@ -139,8 +143,30 @@ cdef extern from *:
         return stack >= CBN_STACK_BYTES;
     }
 
-    /* One region on the BLAS's threads: each job claims chunks until none is left, so a
-       worker that starts late costs only its own start. */
+    /* One region on the BLAS's threads at a time (1 while one runs): OpenBLAS queues a
+       second caller's jobs by spinning until a worker is free, holding the lock every BLAS
+       call needs, so a region started meanwhile runs serially instead, as on the own pool.
+       Fork waits for the region in flight: OpenBLAS's own fork handler stops its workers
+       and would wait forever for one inside a cbn job. */
+    static int cbn_blas_busy = 0;
+
+    static void cbn_blas_before_fork(void) {
+        while (__atomic_exchange_n(&cbn_blas_busy, 1, __ATOMIC_ACQUIRE)) sched_yield();
+    }
+    static void cbn_blas_after_fork(void) { __atomic_store_n(&cbn_blas_busy, 0, __ATOMIC_RELEASE); }
+
+    /* Fork handlers run their prepare parts in reverse order of registration: cbn's,
+       registered after OpenBLAS's (set up when the library loaded), runs first. */
+    static int cbn_blas_fork_handlers(void) {
+        static int done = 0;
+        if (!done)
+            done = pthread_atfork(cbn_blas_before_fork, cbn_blas_after_fork,
+                                  cbn_blas_after_fork) == 0;
+        return done;
+    }
+
+    /* Each job claims chunks until none is left, so a worker that starts late costs only
+       its own start (but the caller waits for every job to have run, empty or not). */
     typedef struct {
         cbn_task_fn fn; void *ctx;
         Py_ssize_t n, grain;
@@ -156,8 +182,9 @@ cdef extern from *:
     }
 
     /* The range is cut into a few chunks per thread, claimed one at a time by whichever
-       thread is free: the caller works from the start and waits only for chunks a worker
-       has claimed, so a worker the OS has not yet scheduled (a busy machine) costs nothing. */
+       thread is free. On the own pool the caller works from the start and waits only for
+       chunks a worker has claimed, so a worker the OS has not yet scheduled (a busy
+       machine) costs nothing. */
     static void cbn_parallel_for(cbn_task_fn fn, void *ctx, Py_ssize_t n, Py_ssize_t grain,
                                  Py_ssize_t min_work) {
         static int fork_handler = 0;
@@ -177,13 +204,18 @@ cdef extern from *:
         wide = n_grains / CBN_MIN_CHUNK_GRAINS;
         chunks = wide < threads ? threads : wide > 4 * threads ? 4 * threads : (int)wide;
         if (chunks > CBN_MAX_THREADS) chunks = CBN_MAX_THREADS;
-        /* on the BLAS's threads when it has as many (they serve concurrent callers) */
+        /* on the BLAS's threads when it has as many */
         if (cbn_blas_run && cbn_blas_threads && threads <= cbn_blas_threads()) {
             cbn_blas_region region = {fn, ctx, n, grain, chunks, 0};
             cbn_blas_region *jobs[CBN_MAX_THREADS];
             int i;
+            if (__atomic_exchange_n(&cbn_blas_busy, 1, __ATOMIC_ACQUIRE)) {
+                fn(ctx, 0, n, 0);       /* another region is running */
+                return;
+            }
             for (i = 0; i < threads; i++) jobs[i] = &region;
             cbn_blas_run(threads, (void *)cbn_blas_job, jobs, (int)sizeof(jobs[0]));
+            __atomic_store_n(&cbn_blas_busy, 0, __ATOMIC_RELEASE);
             return;
         }
         if (pthread_mutex_trylock(&cbn_pool.use) != 0) {
@@ -235,6 +267,7 @@ cdef extern from *:
     int cbn_threads_wanted() noexcept nogil
     int cbn_parallel_threads_supported() noexcept nogil
     int cbn_default_stack_ok() noexcept nogil
+    int cbn_blas_fork_handlers() noexcept nogil
     void cbn_parallel_for(task_fn fn, void* ctx, Py_ssize_t n, Py_ssize_t grain,
                           Py_ssize_t min_work) noexcept nogil
 
@@ -277,7 +310,8 @@ def _set_blas_runner(size_t address):
     cbn's own pool). Refused (returns False) where threads get less stack than the
     kernels need, or the build runs serially."""
     global cbn_blas_run
-    if address and not (cbn_parallel_threads_supported() and cbn_default_stack_ok()):
+    if address and not (cbn_parallel_threads_supported() and cbn_default_stack_ok()
+                        and cbn_blas_fork_handlers()):
         return False
     cbn_blas_run = <cbn_blas_run_fn>address
     return True

@@ -10,8 +10,8 @@ or :func:`cbn.set_num_threads` fix the count instead.
 Where the threads come from: with OpenBLAS built on pthreads (NumPy's wheels), a kernel's
 parallel region runs on OpenBLAS's own worker threads (``gotoblas_pthread``), the
 threads the matrix products of the same step use. A second pool would fight them: after
-each product OpenBLAS's idle workers spin for about 0.1 s, so a woken cbn thread shares a
-core with a spinning one (on 2 cores, two threads then ran batch norm slower than one).
+each product OpenBLAS's idle workers spin for about 0.1 s (on x86-64 without yielding),
+so a woken cbn thread shares a core with a spinning one (on 2 cores, two threads then ran batch norm slower than one).
 ``CBN_THREAD_POOL=own`` keeps cbn's own pool (cbn._parallel), which is also used where
 the BLAS offers no such entry, and when more threads are set than the BLAS has.
 """
