@@ -380,14 +380,19 @@ def run_inference(framework, quick, threads):
     return results
 
 
+def kernel_pool():
+    """Where cbn's kernels run their threads: "OpenBLAS's workers" or "cbn's own pool"."""
+    import cbn._threads
+    pool = getattr(cbn._threads, "thread_pool", lambda: "own")()   # an older cbn: its own
+    return "OpenBLAS's workers" if pool == "blas" else "cbn's own pool"
+
+
 def run_blas_info(quick, threads):
     """The BLAS NumPy uses: library, version, kernel (threadpoolctl), thread count."""
     import numpy as np
     import cbn
-    import cbn._threads
-    pool = getattr(cbn._threads, "thread_pool", lambda: "own")()   # older cbn: its own
     info = {"numpy": np.__version__, "cbn_threads": cbn.get_num_threads(),
-            "cbn_pool": "OpenBLAS's workers" if pool == "blas" else "cbn's own pool"}
+            "cbn_pool": kernel_pool()}
     try:
         import threadpoolctl
     except ImportError:

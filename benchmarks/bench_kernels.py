@@ -124,8 +124,14 @@ def print_table(dtype, thread_counts, times, sizes):
         rows.append([name] + [f"{gbs[t]:.1f}" for t in thread_counts]
                     + [f"{per[1] / per[t]:.2f}" for t in thread_counts[1:]]
                     + [f"{gbs[t] / copy[t]:.2f}" for t in thread_counts])
+    print_rows(f"\n{dtype}, arrays of {ARRAY_BYTES >> 20} MiB (batch norm on {BN_ROWS} rows)",
+               head, rows)
+
+
+def print_rows(title, head, rows):
+    """A table: the first column left-aligned, the others right-aligned."""
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    print(f"\n{dtype}, arrays of {ARRAY_BYTES >> 20} MiB (batch norm on {BN_ROWS} rows)")
+    print(title)
     for r in [head, ["-" * w for w in widths]] + rows:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                         enumerate(zip(r, widths))))
@@ -208,12 +214,8 @@ def print_in_step(results, pools):
             one, two = per[(pool, 1)], per[(pool, 2)]
             row += [f"{one * 1e6:.1f}", f"{two * 1e6:.1f}", f"{one / two:.2f}"]
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    print("\nfloat32, the mnist step's sizes, each call after a matrix product "
-          "(2/1: speed-up of 2 threads)")
-    for r in [head, ["-" * w for w in widths]] + rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                        enumerate(zip(r, widths))))
+    print_rows("\nfloat32, the mnist step's sizes, each call after a matrix product "
+               "(2/1: speed-up of 2 threads)", head, rows)
 
 
 def main(argv=None):

@@ -16,13 +16,13 @@ from collections import defaultdict
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CONFIGS, SRC, built_in_place, data, median_time, reps_for  # noqa: E402
+from bench import (CONFIGS, SRC, built_in_place, data, kernel_pool, median_time,  # noqa: E402
+                   reps_for)
 
 if built_in_place():
     sys.path.insert(0, SRC)
 
 import cbn  # noqa: E402
-import cbn._threads  # noqa: E402
 import cbn.network  # noqa: E402
 from cbn import _kernels  # noqa: E402
 
@@ -98,10 +98,8 @@ def main():
         del net.optimizer.step
     times = {part: float(np.median(values)) for part, values in per_step.items()}
     times["other (Python glue)"] = max(step - sum(times.values()), 0.0)
-    pool = getattr(cbn._threads, "thread_pool", lambda: "own")()
     print(f"cbn step, {config}/{dtype}: {step * 1e3:.3f} ms (median), cbn kernels on "
-          f"{cbn.get_num_threads()} thread(s) ({'OpenBLAS' if pool == 'blas' else 'own'} "
-          f"pool); parts timed inside the step")
+          f"{cbn.get_num_threads()} thread(s) ({kernel_pool()}); parts timed inside the step")
     for name, t in sorted(times.items(), key=lambda item: -item[1]):
         print(f"  {name:34s} {t * 1e3:8.3f} ms  {100 * t / step:5.1f} %")
 
