@@ -230,10 +230,10 @@ def main():
         print(f"  {name:8} compute {c['step'] / 2 * 1e3:8.2f} vs {computed * 1e3:8.2f} ms,"
               f" communication {comm_model * 1e3:6.2f} vs {b['comm'] * 1e3:6.2f} ms, step "
               f"{(c['step'] / 2 + comm_model) * 1e3:8.2f} vs {b['step'] * 1e3:8.2f} ms")
-    print("one rank's share alone (1 process x 1 thread on batch / 2 rows, no communication): "
-          "the compute a rank cannot avoid; the model's 1-thread step / 2 leaves out what does "
-          "not shrink with the rows (the optimizer update and the checks over all parameters, "
-          "the dW products' shorter sums):")
+    print("one rank's share alone (1 process x 1 thread on batch / 2 rows, no communication, "
+          "but the optimizer update over all parameters, which a rank applies to 1/P of them): "
+          "the model's 1-thread step / 2 leaves out what does not shrink with the rows (the "
+          "dW products' shorter sums, each call's fixed cost):")
     for name in CONFIGS:
         h, c = half_1t[name], one_1t[name]
         print(f"  {name:8} {h['step'] * 1e3:8.2f} ms ({h['step'] / c['step']:.0%} of the "

@@ -6,6 +6,7 @@ a failed assertion prints a traceback and aborts the job (non-zero exit). Rank 0
 """
 import copy
 import os
+import pickle
 import signal
 import sys
 import time
@@ -42,6 +43,7 @@ def close(a, b, name, rtol=1e-12, scale=0.0):
 
 
 def identical_on_all_ranks(net, name):
+    net.gather_optimizer_state()   # each rank keeps its own part of it between steps
     mine = net._params.tobytes() + net._running.tobytes() + b"".join(
         v.tobytes() for v in net.optimizer.state.values())
     everyone = comm.allgather(mine)
@@ -104,7 +106,13 @@ def check_equal_to_one_process():
             close(many.train_step(X[a:b], y[a:b]), one.train_step(X, y), f"{kw} step loss")
             close(many._params, one._params, f"{kw} parameters")
             close(many._running, one._running, f"{kw} running statistics")
-            identical_on_all_ranks(many, f"{kw} step {step}")
+            mine = many._sync._chunk[rank]   # each rank keeps its own part of the state
+            for name, value in many.optimizer.state.items():
+                close(value[mine], one.optimizer.state[name][mine], f"{kw} {name}, own part")
+                assert np.isnan(value[:mine.start]).all() and np.isnan(value[mine.stop:]).all()
+            identical_on_all_ranks(many, f"{kw} step {step}")   # gathers the state
+            for name, value in many.optimizer.state.items():
+                close(value, one.optimizer.state[name], f"{kw} optimizer {name}")
     passed("equal to one process (every activation, output, optimizer, BN on/off)")
 
     # input gradients, and float32 (to float32 precision)
@@ -196,11 +204,21 @@ def check_evaluate_save_load():
     close(sp["loss"], s1["loss"], "evaluate loss")
     assert sp["accuracy"] == s1["accuracy"]
     assert np.array_equal(many.predict(X[:3]), one.predict(X[:3]))
+    try:   # each rank holds only its part of the optimizer state after a step
+        pickle.dumps(many)
+    except RuntimeError as exc:
+        assert "gather_optimizer_state" in str(exc), exc
+    else:
+        raise AssertionError("a network with partial optimizer state was pickled")
     path = os.path.join(FOLDER, "model.npz")
     many.metadata["note"] = "from rank 0"
-    many.save(path)
+    many.save(path)   # gathers the state
     loaded = cbn.Network.load(path, comm=comm)
     assert loaded._params.tobytes() == many._params.tobytes()
+    copied = pickle.loads(pickle.dumps(many))
+    for name, value in one.optimizer.state.items():
+        close(loaded.optimizer.state[name], value, f"saved optimizer {name}")
+        assert copied.optimizer.state[name].tobytes() == many.optimizer.state[name].tobytes()
     assert loaded.metadata == {"note": "from rank 0"}
     identical_on_all_ranks(loaded, "load")
     loaded.train_step(X[a:b], y[a:b])   # bound to comm: collective
@@ -320,7 +338,8 @@ def check_bad_input():
             X[a:b], y[a:b], epochs=1, batch_size=9, weight_decay=0.1), ["diverged"])
         assert np.array_equal(net._params, before[0]) and net.optimizer.t == 1
         assert np.array_equal(net._running, before[1])
-        assert all(np.array_equal(v, w) for v, w in zip(net.optimizer.state.values(), before[2]))
+        assert all(np.array_equal(v, w, equal_nan=True)   # NaN: other ranks' parts
+                   for v, w in zip(net.optimizer.state.values(), before[2]))
         identical_on_all_ranks(net, f"after a divergent step ({where})")
     # the weight decay overflows in rank 0's chunk under np.seterr(over="raise"): every rank
     # refuses the step (none is left waiting for rank 0's sum)

@@ -53,6 +53,7 @@ WORKER = textwrap.dedent("""
     except cbn.TrainingInterrupted:
         sys.exit(75)
     history = {k: v for k, v in net.history.items() if k != "time"}
+    net.gather_optimizer_state()
     np.savez(f"{result}.{rank}.npz", params=net._params, running=net._running,
              t=net.optimizer.t, lr=net.optimizer.lr,
              rng=json.dumps(net._rng.bit_generator.state), history=json.dumps(history),

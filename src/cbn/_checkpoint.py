@@ -197,6 +197,8 @@ class Run:
                         for key, values in self.history.items()},
             "callbacks": [],
         }
+        if self.sync is not None:
+            self.sync.gather_state(net)   # collective; the file holds the whole state
         arrays = _state_arrays(net)
         if shuffle_state is not None:
             arrays["fit.shuffle"] = shuffle_state   # I64
@@ -290,6 +292,8 @@ class Run:
             for callback, values in callback_states:
                 callback.load_state_dict(values)
             net.optimizer.t, net.optimizer.lr = t, lr
+            if net._sync is not None:
+                net._sync.state_partial = False   # the whole state, from the file
             net._rng.bit_generator.state = rng.state
             for key, values in saved_history.items():
                 history[key][:] = values

@@ -19,15 +19,20 @@ Per training step, with L batch-norm layers of widths D_l and n parameters:
 - backward, per batch-norm layer: Allgather of (sum dZt, sum dZt (Z - mean)), 2 D_l doubles;
 - the gradient, with point-to-point messages on a duplicate of the communicator: a
   reduce-scatter (rank q receives chunk q, about n/P values, of every rank and adds them in
-  rank order into its own buffer), then an all-gather of the sums: 2 (P - 1)/P n values sent
-  per rank, the bandwidth of a ring allreduce, and deterministic. The losses travel with the
-  first half; in a training step each rank also adds the weight decay to its chunk of the
-  sum and finds the chunk's largest |gradient|, which travels with the second half, so the
-  divergence check costs 1/P of a pass and every rank takes the same decision.
+  rank order into its own buffer), the losses travelling with it. ``loss_and_gradients``
+  then all-gathers the sums. A training step instead shards the update (ZeRO stage 1):
+  each rank adds the weight decay to its chunk of the sum and finds the chunk's largest
+  |gradient| (one double each, all-gathered, so every rank takes the same divergence
+  decision at 1/P of a pass), applies the optimizer to its chunk only, and the ranks
+  all-gather the updated parameters. Either way 2 (P - 1)/P n values are sent per rank, the
+  bandwidth of a ring allreduce, and the result is deterministic; the optimizer's pass costs
+  each rank 1/P of one process's.
 
-The parameter update itself (optimizer and running statistics) runs on every rank over the
-whole buffer: sharding it would leave each rank's optimizer state current on its own chunk
-only.
+Between steps each rank's optimizer state is therefore current on its own chunk only (the
+other chunks are set to NaN, so that a stale value is never mistaken for a current one).
+:meth:`Sync.gather_state` (``Network.gather_optimizer_state``, collective) completes it on
+every rank; saving and checkpoints call it, and copying or pickling a network with partial
+state is refused. The running statistics are updated on every rank (2 D_l values per layer).
 """
 import json
 import weakref
@@ -244,34 +249,39 @@ class Sync:
                 self._decayed.append(slice(start, stop))
             offset += size
         self._int_send, self._int_sum = np.zeros(1, np.int64), np.zeros(1, np.int64)
-        self._small_send = np.empty(2)        # (this rank's loss, its chunk's largest |g|)
-        self._small_table = np.empty((P, 2))
+        self._small_send = np.empty(1)        # this rank's loss
+        self._small_table = np.empty((P, 1))
+        self._largest_send = np.empty(1)      # the largest |g| of this rank's chunk of the sum
+        self._largest = np.empty(P)
         self._step_decay = None               # set by training_gradients for one step
+        self._stepping = False                # training_gradients: shard the update
+        self.state_partial = False            # optimizer state current on this chunk only
         self._net = weakref.ref(net)
 
     def training_gradients(self, net, X, targets, ws):
-        """Forward, backward and the summed gradient of one training step.
+        """Forward, backward and this rank's chunk of the summed gradient, for one step.
 
         As :meth:`sum_gradients` runs, each rank adds the weight decay to the chunk of the
-        sum it made and finds that chunk's largest |gradient|; the largest values travel
-        with the chunks, so the divergence check costs 1/P of one process's pass and every
-        rank gets the same verdict. Returns (loss, largest |gradient| over all ranks).
+        sum it made and finds that chunk's largest |gradient|; the ranks all-gather those,
+        so the divergence check costs 1/P of one process's pass and every rank gets the same
+        verdict. :meth:`update` then applies it. Returns (loss, largest |gradient| over all
+        ranks).
         """
-        self._step_decay = net._weight_decay
+        self._step_decay, self._stepping = net._weight_decay, True
         try:
             loss = net._forward_backward(X, targets, ws)
         finally:
-            self._step_decay = None
-        largest = self._small_table[:, 1]
-        return loss, float(np.max(largest))   # NaN if any chunk held a NaN, like one pass
+            self._step_decay, self._stepping = None, False
+        return loss, float(np.max(self._largest))   # NaN if a chunk held a NaN, like one pass
 
     def sum_gradients(self, grads, loss):
         """Sum the flat gradient buffer and the loss over all ranks, in rank order.
 
-        A reduce-scatter then an all-gather, with point-to-point messages: rank q receives
-        chunk q of every other rank (and their losses), adds the chunks in rank order into
-        its own buffer, and sends that sum to every rank. 2 (P - 1)/P n values sent per
-        rank, the bandwidth of a ring allreduce; no copy of a rank's own chunk.
+        A reduce-scatter with point-to-point messages: rank q receives chunk q of every
+        other rank (and their losses) and adds the chunks in rank order into its own buffer,
+        with no copy of its own chunk. Then the ranks all-gather the sums, except inside a
+        training step (:meth:`training_gradients`), which all-gathers the parameters after
+        :meth:`update` instead.
         """
         MPI = _mpi()
         comm, r, kind = self._peers, self.rank, self._float
@@ -307,21 +317,47 @@ class Sync:
                 params = self._net()._params
                 for part in self._decayed:
                     grads[part] += decay * params[part]
-        # a training step checks this chunk of the sum for divergence
-        small_send[1] = 0.0 if decay is None else _kernels.largest_magnitude(own)
-        requests = [comm.Irecv([grads[self._chunk[q]], kind], source=q, tag=3) for q in peers]
-        requests += [comm.Irecv([table[q, 1:], self._double], source=q, tag=4) for q in peers]
-        requests += [comm.Isend([own, kind], dest=q, tag=3) for q in peers]
-        requests += [comm.Isend([small_send[1:], self._double], dest=q, tag=4) for q in peers]
-        MPI.Request.Waitall(requests)
-        table[r, 1] = small_send[1]
+        if self._stepping:
+            self._largest_send[0] = _kernels.largest_magnitude(own)
+            comm.Allgather([self._largest_send, self._double], [self._largest, self._double])
+        else:
+            self._all_gather_chunks(grads)
         return loss
+
+    def _all_gather_chunks(self, flat):
+        """Every rank sends its chunk of the flat buffer to all and receives theirs."""
+        comm, r, kind = self._peers, self.rank, self._float
+        peers = [q for q in range(self.size) if q != r]
+        requests = [comm.Irecv([flat[self._chunk[q]], kind], source=q, tag=3) for q in peers]
+        requests += [comm.Isend([flat[self._chunk[r]], kind], dest=q, tag=3) for q in peers]
+        _mpi().Request.Waitall(requests)
+
+    def update(self, net):
+        """The optimizer step of :meth:`training_gradients`' sum: this rank's chunk, then
+        the ranks all-gather the parameters. The optimizer state stays partial."""
+        mine = self._chunk[self.rank]
+        net.optimizer.step(net._params, net._grads, part=mine)
+        if not self.state_partial and self.size > 1:
+            for value in net.optimizer.state.values():   # the other chunks are not kept
+                value[:mine.start] = np.nan
+                value[mine.stop:] = np.nan
+        self.state_partial = self.size > 1
+        self._all_gather_chunks(net._params)
+
+    def gather_state(self, net):
+        """Collective: complete the optimizer state on every rank (see the module doc)."""
+        if self.state_partial:
+            for value in net.optimizer.state.values():
+                self._all_gather_chunks(value)
+            self.state_partial = False
 
     def check_identical(self, net, epoch):
         """Raise on every rank if a rank's parameters or statistics are not rank 0's.
 
         Ranks stay identical by construction; this catches a state changed on one rank only
-        (e.g. parameters edited there between steps), once per epoch, for a CRC of the state.
+        (e.g. parameters edited there between fits or by a callback), at the start of every
+        epoch, for a CRC of the state: the parameters' all-gather in the epoch's first step
+        would overwrite such a change after the step had used it.
         """
         crc = zlib.crc32(net._running, zlib.crc32(net._params))
         crcs = self.comm.allgather(crc)
@@ -329,8 +365,8 @@ class Sync:
         if differ:
             raise RuntimeError(
                 f"rank {differ[0]}: its parameters or running statistics differ from rank "
-                f"0's after epoch {epoch}; they were changed on some ranks only (every rank "
-                f"must make the same changes to the network)")
+                f"0's at the start of epoch {epoch}; they were changed on some ranks only "
+                f"(every rank must make the same changes to the network)")
 
     def sum_int(self, value):
         """Sum an integer over all ranks (exact; a buffer Allreduce, no pickling)."""
@@ -417,6 +453,7 @@ def evaluate(sync, net, X, targets):
 
 def save(sync, net, path):
     """Rank 0 writes the file; every rank raises if that failed."""
+    sync.gather_state(net)
     agree(sync.comm, lambda: net._save_local(path) if sync.rank == 0 else None)
 
 

@@ -318,6 +318,12 @@ class ModelFileMixin:
         save_network(self, path)
 
     def _to_bytes(self):
+        if self._sync is not None and self._sync.state_partial:
+            raise RuntimeError(
+                "optimizer state: under comm each rank holds only its own part of it after a "
+                "training step; call net.gather_optimizer_state() on every rank (collective) "
+                "before copying or pickling the network (save and checkpoints do it "
+                "themselves)")
         return network_to_bytes(self)
 
     @classmethod

@@ -182,6 +182,8 @@ class TrainingMixin:
                     progress.begin(epoch, done=position.step)
                 if run is not None:
                     run.epoch_begins()
+                if self._sync is not None:   # before a step's exchange would hide a change
+                    self._sync.check_identical(self, epoch)
                 loss_sum, correct = position.loss_sum, position.correct
                 # resumed mid-epoch: the same shuffle, without the steps already taken
                 for step, (rows, batch_rows) in enumerate(plan(epoch)[position.step:],
@@ -202,10 +204,8 @@ class TrainingMixin:
                             f"net.history the completed epochs")
                     if run is not None:
                         run.after_step(epoch, step, loss_sum, correct, start_time)
-                if self._sync is not None:
-                    self._sync.check_identical(self, epoch)
-                    if with_accuracy:
-                        correct = self._sync.sum_int(correct)
+                if self._sync is not None and with_accuracy:
+                    correct = self._sync.sum_int(correct)
                 self._end_epoch(history, loss_sum / n_total, correct / n_targets, validation,
                                 start_time)
                 if progress is not None:

@@ -366,9 +366,25 @@ class Network(TrainingMixin, InferenceMixin, ModelFileMixin, OnnxExportMixin):
                 f"gradient is not finite or too large (loss = {loss}, largest |gradient| = "
                 f"{largest}). The network keeps its state from before this step; try a "
                 f"smaller learning rate.")
-        self._update_running_stats(X.shape[0] if self._sync is None else self._sync.n_total)
-        self.optimizer.step(self._params, self._grads)
+        if self._sync is None:
+            self._update_running_stats(X.shape[0])
+            self.optimizer.step(self._params, self._grads)
+        else:  # each rank updates its chunk of the parameters, then they exchange them
+            self._update_running_stats(self._sync.n_total)
+            self._sync.update(self)
         return loss
+
+    def gather_optimizer_state(self):
+        """With ``comm``, collective: make ``optimizer.state`` complete on every rank.
+
+        In a training step under ``comm`` each rank applies the optimizer to its own 1/P
+        of the parameters (the update costs each rank 1/P of one process's), so between
+        steps a rank's optimizer state is current on that part only and NaN elsewhere.
+        :meth:`save` and checkpoints call this; call it yourself before reading
+        ``optimizer.state`` or copying the network. Without ``comm`` it does nothing.
+        """
+        if self._sync is not None:
+            self._sync.gather_state(self)
 
     def loss_and_gradients(self, X, y, *, input_gradient=False):
         """Training-mode loss and gradients on one batch; changes nothing.

@@ -44,10 +44,19 @@ class Optimizer:
         self.t = 0
         self.state = {name: np.zeros(n_params, dtype=dtype) for name in self.state_names}
 
-    def step(self, params, grads):
-        """Update the flat ``params`` in place from the flat ``grads``."""
+    def step(self, params, grads, part=None):
+        """Update the flat ``params`` in place from the flat ``grads``.
+
+        ``part``, a slice of the flat buffers, limits the update to those elements (and
+        their state): under MPI each rank updates its own chunk (cbn._distributed).
+        """
         self.t += 1
-        self._update(params, grads)  # each subclass applies its own formula with one kernel call
+        # each subclass applies its own formula with one kernel call
+        if part is None:
+            self._update(params, grads, self.state)
+        else:
+            self._update(params[part], grads[part],
+                         {name: value[part] for name, value in self.state.items()})
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -66,7 +75,7 @@ class SGD(Optimizer):
     def __init__(self, lr=0.01):
         super().__init__(lr)
 
-    def _update(self, params, grads):
+    def _update(self, params, grads, state):
         _kernels.sgd_update(params, grads, self.lr)
 
 
@@ -94,8 +103,8 @@ class Momentum(Optimizer):
     def get_config(self):
         return {"lr": self.lr, "beta": self.beta}
 
-    def _update(self, params, grads):
-        _kernels.momentum_update(params, self.state["velocity"], grads, self.lr, self.beta)
+    def _update(self, params, grads, state):
+        _kernels.momentum_update(params, state["velocity"], grads, self.lr, self.beta)
 
 
 class RMSprop(Optimizer):
@@ -123,8 +132,8 @@ class RMSprop(Optimizer):
     def get_config(self):
         return {"lr": self.lr, "beta": self.beta, "eps": self.eps}
 
-    def _update(self, params, grads):
-        _kernels.rmsprop_update(params, self.state["sq_avg"], grads, self.lr, self.beta, self.eps)
+    def _update(self, params, grads, state):
+        _kernels.rmsprop_update(params, state["sq_avg"], grads, self.lr, self.beta, self.eps)
 
 
 class Adam(Optimizer):
@@ -156,8 +165,8 @@ class Adam(Optimizer):
     def get_config(self):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
 
-    def _update(self, params, grads):
-        _kernels.adam_update(params, self.state["m"], self.state["v"], grads,
+    def _update(self, params, grads, state):
+        _kernels.adam_update(params, state["m"], state["v"], grads,
                              self.lr, self.beta1, self.beta2, self.eps, self.t)
 
 
