@@ -7,6 +7,7 @@ Batch sizes straddle every vector width, row group and row block of the kernel
 """
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -137,19 +138,37 @@ print(json.dumps({"instruction_set": _predict.INSTRUCTION_SET, "digests": digest
 """
 
 
-def run_digests(force_baseline):
-    env = {k: v for k, v in os.environ.items() if k != "CBN_NO_AVX2"}
-    if force_baseline:
-        env["CBN_NO_AVX2"] = "1"
+def run_digests(off=None):
+    """The digests in a process with the build `off` names turned off (CBN_NO_AVX2/512)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CBN_NO_AVX2", "CBN_NO_AVX512")}
+    if off:
+        env[off] = "1"
     proc = subprocess.run([sys.executable, "-c", DIGESTS], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
-def test_both_inference_builds_give_identical_bits():
-    default, forced = run_digests(False), run_digests(True)
-    assert forced["instruction_set"] == "baseline"
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def test_every_inference_build_gives_identical_bits():
+    default, no_avx512, baseline = (run_digests(), run_digests("CBN_NO_AVX512"),
+                                    run_digests("CBN_NO_AVX2"))
+    assert baseline["instruction_set"] == "baseline"
     assert default["instruction_set"] == _predict.INSTRUCTION_SET
+    assert no_avx512["instruction_set"] in ("avx2", "baseline")
+    flags = cpu_flags()   # which builds this machine really ran (Linux x86-64 builds)
+    if sys.platform.startswith("linux") and platform.machine() == "x86_64" and \
+            os.environ.get("CBN_AVX2") != "0":
+        if {"avx2", "fma"} <= flags:
+            assert no_avx512["instruction_set"] == "avx2"
+        if {"avx2", "fma", "avx512f"} <= flags:
+            assert default["instruction_set"] == "avx512"
     assert len(default["digests"]) == 60
-    assert default["digests"] == forced["digests"]
+    assert default["digests"] == no_avx512["digests"] == baseline["digests"]

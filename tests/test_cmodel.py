@@ -8,6 +8,7 @@ must raise ValueError, nothing else.
 """
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -108,24 +109,40 @@ def test_c_library_gives_pythons_bits_on_the_mnist_sized_network(driver, tmp_pat
     assert c_outputs(driver, net, X, tmp_path).tobytes() == net.predict_proba(X).tobytes()
 
 
-# Builds of cbn_model.c besides the documented line: the README's faster line (AVX2 and FMA
-# instructions where the CPU has them); GNU mode, which contracts a*b + c where it can (the
-# file's only multiply-adds are explicit, so the AVX2 + FMA build chosen at run time has
-# nothing left to contract); the portable kernel without that build (fma() lane by lane);
-# no vector extensions at all (what a compiler without GCC's extensions runs).
+# Builds of cbn_model.c besides the documented line: the README's faster line (AVX2 and FMA,
+# or AVX-512, compiled in where the CPU has them); an AVX2 + FMA base that takes the AVX-512
+# build at run time where the CPU has it; the documented line without the AVX-512 build;
+# GNU mode, which contracts a*b + c where it can (the file's only multiply-adds are explicit,
+# so the builds chosen at run time have nothing left to contract); the portable kernel
+# without those builds (fma() lane by lane); no vector extensions at all (what a compiler
+# without GCC's extensions runs). "native" and "avx2" need a compiler that takes the flags.
 BUILDS = {"native": ("-O3", "-march=native", "-ffp-contract=off"),
+          "avx2": ("-O2", "-mavx2", "-mfma", "-ffp-contract=off"),
+          "no_avx512": ("-DCBN_NO_AVX512",),
           "gnu": ("-std=gnu99",),
           "portable": ("-DCBN_NO_DISPATCH",),
           "scalar": ("-DCBN_NO_VECTORS",)}
+OPTIONAL_BUILDS = ("native", "avx2")
+
+
+def cpu_flags():
+    """The CPU's feature flags (Linux), or an empty set."""
+    if not os.path.exists("/proc/cpuinfo"):
+        return set()
+    with open("/proc/cpuinfo") as f:
+        return next((set(line.split()) for line in f if line.startswith("flags")), set())
 
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
     folder, exes = str(tmp_path_factory.mktemp("cmodel_builds")), {}
     for name, flags in BUILDS.items():
+        if name == "avx2" and not {"avx2", "fma"} <= cpu_flags():
+            exes[name] = None   # it would not run here
+            continue
         exe, proc = compile_driver(folder, f"cmodel_{name}", ("-Wall", "-Wextra", "-Werror", *flags))
-        if proc.returncode != 0 and name == "native":
-            exe = None   # the compiler does not take -march=native here
+        if proc.returncode != 0 and name in OPTIONAL_BUILDS:
+            exe = None   # the compiler does not take these flags here
         else:
             assert proc.returncode == 0, proc.stderr
         exes[name] = exe
@@ -134,7 +151,7 @@ def builds(tmp_path_factory):
 
 def build(builds, name):
     if builds[name] is None:
-        pytest.skip("the compiler does not take -march=native here")
+        pytest.skip(f"the compiler does not take {' '.join(BUILDS[name])} here")
     return builds[name]
 
 
@@ -145,6 +162,18 @@ def test_other_builds_give_the_same_bits(builds, tmp_path, dtype, name):
     net = trained([41, 33, 17, 6], dtype, "tanh", "softmax", True)
     X = np.random.default_rng(5).standard_normal((77, 41)).astype(dtype)
     assert c_outputs(exe, net, X, tmp_path).tobytes() == net.predict_proba(X).tobytes()
+
+
+def test_each_build_runs_the_instruction_set_it_should(driver, builds):
+    flags = cpu_flags()
+    x86 = platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= flags
+    best = ("avx512" if "avx512f" in flags else "avx2") if x86 else "baseline"
+    expected = {"documented": best, "native": best, "avx2": best, "gnu": best,
+                "no_avx512": "avx2" if x86 else "baseline",
+                "portable": "baseline", "scalar": "baseline"}
+    for name, exe in [("documented", driver), *builds.items()]:
+        if exe is not None:
+            assert run(exe, "isa").stdout.strip() == expected[name], name
 
 
 @pytest.mark.parametrize("name", ["documented", *BUILDS])

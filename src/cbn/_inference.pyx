@@ -45,6 +45,7 @@ cdef extern from "cbn_model.c" nogil:
     int cbn__forward_f64(const cbn_model *m, const double *X, size_t n_rows, double *out,
                          int raw, void *ws)
     void cbn__sha256_digest(const void *data, size_t n, unsigned char *digest)
+    const char *cbn_model_instruction_set()
 
 cdef extern from *:
     """
@@ -63,9 +64,17 @@ cdef extern from *:
         return 0;
     #endif
     }
+    static void cbn__allow_avx512(int allowed) {
+    #ifdef CBN_DISPATCH_AVX512
+        cbn__avx512_allowed = allowed;
+    #else
+        (void)allowed;
+    #endif
+    }
     """
     int cbn__compiled_for_avx2() nogil
     int cbn__cpu_has_avx2_fma() nogil
+    void cbn__allow_avx512(int allowed) nogil
 
 # "avx2": compiled for AVX2 and FMA (setup.py's _inference_avx2)
 INSTRUCTION_SET = "avx2" if cbn__compiled_for_avx2() else "baseline"
@@ -74,6 +83,16 @@ OUTPUTS = {"softmax": 0, "sigmoid": 1, "linear": 2}   # CBN_OUT_* of cbn_model.c
 
 def cpu_has_avx2_fma():
     return bool(cbn__cpu_has_avx2_fma())
+
+
+def allow_avx512(bint allowed):
+    """False keeps this module's run-time AVX-512 build of the kernel out (CBN_NO_AVX512=1)."""
+    cbn__allow_avx512(allowed)
+
+
+def instruction_set():
+    """What the kernel runs on this CPU: "avx512", "avx2" or "baseline" (the same bits)."""
+    return cbn_model_instruction_set().decode()
 
 
 def sha256(const unsigned char[::1] data):

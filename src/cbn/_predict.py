@@ -1,8 +1,9 @@
 """Inference through cbn_model.c's fixed-order kernel (cbn._inference): the same bits for a
 row whatever batch, chunk position or thread count it comes in, and the same bits as the C
 library. The AVX2 + FMA build of the kernel is taken when the CPU has both (CBN_NO_AVX2=1 keeps
-the baseline build); both run the same operation sequence per element (explicit fused
-multiply-adds, exactly rounded).
+the baseline build), and within it the AVX-512 row kernels when the CPU has AVX-512F
+(CBN_NO_AVX512=1 keeps them out); all run the same operation sequence per element (explicit
+fused multiply-adds, exactly rounded).
 
 Threads: large batches are split by rows between as many threads as cbn's other kernels use
 (:func:`cbn.get_num_threads`: the BLAS's count, or :func:`cbn.set_num_threads`).
@@ -17,7 +18,8 @@ from cbn import _validation as check
 _BUILD = (_inference_avx2
           if _inference_avx2.INSTRUCTION_SET == "avx2" and _inference.cpu_has_avx2_fma()
           and os.environ.get("CBN_NO_AVX2", "") in ("", "0") else _inference)
-INSTRUCTION_SET = _BUILD.INSTRUCTION_SET
+_BUILD.allow_avx512(os.environ.get("CBN_NO_AVX512", "") in ("", "0"))
+INSTRUCTION_SET = _BUILD.instruction_set()   # "avx512", "avx2" or "baseline"
 
 
 def forward(net, X, raw):

@@ -99,8 +99,9 @@ typedef double cbn__vd __attribute__((vector_size(CBN_VECTOR_BYTES)));
    gemm below is compiled once as the baseline build allows (FMA instructions if the compiler
    targets them, e.g. -mfma, -march=native or aarch64, else fma() lane by lane: on x86-64
    without FMA a libm call per product, right but slow) and, on x86-64 with GCC or clang,
-   once more for AVX2 + FMA, taken at run time when the CPU has both (CBN_DISPATCH). Nothing
-   else may be contracted: -std=c99 or -ffp-contract=off. */
+   once more for AVX2 + FMA, taken at run time when the CPU has both (CBN_DISPATCH), and once
+   more for AVX-512 (CBN_DISPATCH_AVX512, below). Nothing else may be contracted: -std=c99 or
+   -ffp-contract=off. */
 #if defined(CBN_VECTORS) && (defined(__x86_64__) || defined(__i386__)) && \
     (defined(__clang__) || __GNUC__ >= 5)
 #define CBN_X86 1
@@ -111,6 +112,16 @@ typedef double cbn__vd __attribute__((vector_size(CBN_VECTOR_BYTES)));
     ((acc) = (cbn__vd)_mm256_fmadd_pd((__m256d)(v), _mm256_set1_pd(s), (__m256d)(acc)))
 #if !(defined(__AVX2__) && defined(__FMA__)) && !defined(CBN_NO_DISPATCH)
 #define CBN_DISPATCH 1
+#endif
+/* AVX-512: the row kernels hold a whole row group in one 64-byte register (CBN_ZMM_ROWS),
+   compiled in where the compiler targets AVX-512F, else built once more and taken at run
+   time when the CPU has it (CBN_DISPATCH_AVX512). -DCBN_NO_AVX512 leaves both out. */
+#if !defined(CBN_NO_AVX512)
+#if defined(__AVX512F__)
+#define CBN_AVX512_NATIVE 1
+#elif !defined(CBN_NO_DISPATCH)
+#define CBN_DISPATCH_AVX512 1
+#endif
 #endif
 #endif
 #define CBN_FMA1_f32 fmaf
@@ -391,11 +402,78 @@ static size_t cbn__few_gemm_##S##N(const T *xT, size_t rows, const T *W, const T
 }
 #endif
 
+#if defined(CBN_AVX512_NATIVE) || defined(CBN_DISPATCH_AVX512)
+/* The row kernels for AVX-512: one 64-byte vector is a whole row group (2 * LANES rows), so
+   a unit's broadcast weight feeds CBN_ZMM_GROUPS groups and CBN_ZMM_UNITS units share each
+   load of x (16 accumulators). Each element still adds its products in the order k = 0, 1,
+   ..., K-1 by one exactly rounded FMA each: the bits of every other build. Full groups only:
+   rows past the end are zero in the input and stay finite in every layer. */
+#define CBN_ZMM_UNITS 8
+#define CBN_ZMM_GROUPS 2
+typedef float cbn__zf __attribute__((vector_size(64)));
+typedef double cbn__zd __attribute__((vector_size(64)));
+#define CBN_ZFMA_f32(acc, v, s) \
+    ((acc) = (cbn__zf)_mm512_fmadd_ps((__m512)(v), _mm512_set1_ps(s), (__m512)(acc)))
+#define CBN_ZFMA_f64(acc, v, s) \
+    ((acc) = (cbn__zd)_mm512_fmadd_pd((__m512d)(v), _mm512_set1_pd(s), (__m512d)(acc)))
+/* zT[h*zs + u*ld + r] = sum_k xT[h*xs + k*ld + r] * W[u*K + k] for units u < U, groups
+   h < NG and the ld rows of a group. */
+#define CBN_ZMM_KERNELS(S, N, TARGET, T, Z) \
+static inline __attribute__((always_inline)) TARGET void cbn__z_##S##N( \
+        const T *xT, size_t ld, const T *W, size_t K, T *zT, size_t xs, size_t zs, \
+        const int U, const int NG) { \
+    Z acc[CBN_ZMM_GROUPS][CBN_ZMM_UNITS], x[CBN_ZMM_GROUPS]; \
+    const Z zero = {0}; \
+    size_t k; \
+    int u, h; \
+    CBN_UNROLL for (h = 0; h < CBN_ZMM_GROUPS; h++) \
+        CBN_UNROLL for (u = 0; u < CBN_ZMM_UNITS; u++) acc[h][u] = zero; \
+    for (k = 0; k < K; k++) { \
+        CBN_UNROLL for (h = 0; h < NG; h++) memcpy(&x[h], xT + h * xs + k * ld, sizeof(Z)); \
+        CBN_UNROLL for (u = 0; u < U; u++) { \
+            const T w = W[u * K + k]; \
+            CBN_UNROLL for (h = 0; h < NG; h++) CBN_ZFMA_##S(acc[h][u], x[h], w); \
+        } \
+    } \
+    CBN_UNROLL for (h = 0; h < NG; h++) \
+        CBN_UNROLL for (u = 0; u < U; u++) memcpy(zT + h * zs + u * ld, &acc[h][u], sizeof(Z)); \
+} \
+static TARGET void cbn__z_full_##S##N(const T *xT, size_t ld, const T *W, size_t K, T *zT, \
+                                      size_t xs, size_t zs) { \
+    cbn__z_##S##N(xT, ld, W, K, zT, xs, zs, CBN_ZMM_UNITS, CBN_ZMM_GROUPS); \
+} \
+static TARGET void cbn__z_group_##S##N(const T *xT, size_t ld, const T *W, size_t K, T *zT) { \
+    cbn__z_##S##N(xT, ld, W, K, zT, 0, 0, CBN_ZMM_UNITS, 1); \
+} \
+static TARGET void cbn__z_unit_##S##N(const T *xT, size_t ld, const T *W, size_t K, T *zT) { \
+    cbn__z_##S##N(xT, ld, W, K, zT, 0, 0, 1, 1); \
+}
+/* All units of gemm's row path (5 rows and more), in blocks of CBN_ZMM_UNITS; a statement
+   inside cbn__gemm (its names). */
+#define CBN_ZMM_ROWS(S, N) \
+    if (rows > CBN_FEW_ROWS) { \
+        size_t u; \
+        for (; j0 + CBN_ZMM_UNITS <= n_out; j0 += CBN_ZMM_UNITS) { \
+            for (g = 0; g + CBN_ZMM_GROUPS <= groups; g += CBN_ZMM_GROUPS) \
+                cbn__z_full_##S##N(xT + g * K * ld, ld, W + j0 * K, K, \
+                                   zT + (g * n_out + j0) * ld, K * ld, n_out * ld); \
+            for (; g < groups; g++) \
+                cbn__z_group_##S##N(xT + g * K * ld, ld, W + j0 * K, K, zT + (g * n_out + j0) * ld); \
+        } \
+        for (u = j0; u < n_out; u++) \
+            for (g = 0; g < groups; g++) \
+                cbn__z_unit_##S##N(xT + g * K * ld, ld, W + u * K, K, zT + (g * n_out + u) * ld); \
+        j0 = n_out; \
+    }
+#endif
+#define CBN_NO_ZMM_KERNELS(S, N, TARGET, T, Z)
+#define CBN_NO_ZMM_ROWS(S, N)
+
 /* zT = W (n_out x K) times xT over the row groups of `rows` rows; the last group has one
    vector of rows when half_last is set. Activations are stored group by group: element
    (k, r) of a layer n wide at ((r / G) * n + k) * G + r % G, G = 2 * LANES rows, so the
    microkernel reads and writes contiguous vectors. */
-#define CBN_GEMM(S, N, TARGET, FMA, T, V, LANES) \
+#define CBN_GEMM(S, N, TARGET, FMA, T, V, LANES, ROWS) \
 CBN_KERNELS(S, N, TARGET, FMA, T, V, LANES, 1) CBN_KERNELS(S, N, TARGET, FMA, T, V, LANES, 2) \
 CBN_FEW_KERNELS(S, N, TARGET, FMA, T, V, LANES) CBN_PACKED_KERNELS(S, N, TARGET, FMA, T, V, LANES) \
 CBN_FEW_GEMM(S, N, TARGET, T, LANES) \
@@ -405,6 +483,7 @@ static TARGET void cbn__gemm_##S##N(const T *xT, size_t rows, const T *W, const 
     const int half_last = rows - (groups - 1) * ld <= LANES; \
     size_t j0 = rows <= CBN_FEW_ROWS ? cbn__few_gemm_##S##N(xT, rows, W, Wp, K, n_out, zT) \
                                           : 0, g; \
+    ROWS(S, N) \
     for (; j0 < n_out; j0 += CBN_UNITS) { \
         size_t units = n_out - j0 < CBN_UNITS ? n_out - j0 : CBN_UNITS; \
         const T *Wj = W + j0 * K; \
@@ -537,17 +616,28 @@ static TARGET int cbn__forward_##S##N(const cbn_model *m, const T *X, size_t n_r
     return bad ? CBN_ERR_OVERFLOW : CBN_OK; \
 }
 
-#define CBN_BUILD(N, TARGET, FMA32, FMA64) \
+#define CBN_BUILD(N, TARGET, FMA32, FMA64, ZMM) \
     CBN_TILES(N, TARGET) \
-    CBN_GEMM(f32, N, TARGET, FMA32, float, cbn__vf, CBN_LANES_F32) \
-    CBN_GEMM(f64, N, TARGET, FMA64, double, cbn__vd, CBN_LANES_F64) \
+    ZMM##_KERNELS(f32, N, TARGET, float, cbn__zf) \
+    ZMM##_KERNELS(f64, N, TARGET, double, cbn__zd) \
+    CBN_GEMM(f32, N, TARGET, FMA32, float, cbn__vf, CBN_LANES_F32, ZMM##_ROWS) \
+    CBN_GEMM(f64, N, TARGET, FMA64, double, cbn__vd, CBN_LANES_F64, ZMM##_ROWS) \
     CBN_DEFINE(f32, N, TARGET, float, CBN_LANES_F32, FLT_MAX, CBN_ROW_BLOCK_F32) \
     CBN_DEFINE(f64, N, TARGET, double, CBN_LANES_F64, DBL_MAX, CBN_ROW_BLOCK_F64)
 
 #define CBN_NO_TARGET
-CBN_BUILD(_base, CBN_NO_TARGET, CBN_FMA_f32, CBN_FMA_f64)
+#ifdef CBN_AVX512_NATIVE
+CBN_BUILD(_base, CBN_NO_TARGET, CBN_FMA_f32, CBN_FMA_f64, CBN_ZMM)
+#else
+CBN_BUILD(_base, CBN_NO_TARGET, CBN_FMA_f32, CBN_FMA_f64, CBN_NO_ZMM)
+#endif
 #ifdef CBN_DISPATCH
-CBN_BUILD(_fma, __attribute__((target("avx2,fma"))), CBN_FMA_X86_f32, CBN_FMA_X86_f64)
+CBN_BUILD(_fma, __attribute__((target("avx2,fma"))), CBN_FMA_X86_f32, CBN_FMA_X86_f64,
+          CBN_NO_ZMM)
+#endif
+#ifdef CBN_DISPATCH_AVX512
+CBN_BUILD(_avx512, __attribute__((target("avx512f,avx2,fma"))), CBN_FMA_X86_f32,
+          CBN_FMA_X86_f64, CBN_ZMM)
 #endif
 
 #ifdef CBN_DISPATCH
@@ -566,17 +656,54 @@ static int cbn__use_fma_build(void) {
 #endif
 }
 
+/* 1 where forward takes the build for AVX-512 (CBN_DISPATCH_AVX512: the CPU and the OS have
+   it; GCC's check includes the OS's support for the 64-byte registers). */
+#ifdef CBN_DISPATCH_AVX512
+static int cbn__avx512_allowed = 1;   /* 0 (cbn._inference, for CBN_NO_AVX512=1) keeps it out */
+#endif
+static int cbn__use_avx512_build(void) {
+#ifdef CBN_DISPATCH_AVX512
+    __builtin_cpu_init();
+    return cbn__avx512_allowed && __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
+
+#ifdef CBN_DISPATCH_AVX512
+#define CBN_FORWARD_AVX512(S, ...) cbn__forward_##S##_avx512(__VA_ARGS__)
+#else
+#define CBN_FORWARD_AVX512(S, ...) CBN_OK   /* never taken */
+#endif
+
+/* The instruction set of the row kernels forward runs: 2 AVX-512, 1 AVX2 + FMA, 0 neither
+   (the baseline build, which may still be compiled for either). */
+static int cbn__forward_isa(void) {
+#if defined(CBN_AVX512_NATIVE)
+    return 2;
+#else
+    if (cbn__use_avx512_build()) return 2;
+#if defined(CBN_X86) && defined(__AVX2__) && defined(__FMA__)
+    return 1;
+#else
+    return cbn__use_fma_build();
+#endif
+#endif
+}
+
 /* The network on X[n_rows][n_in] into out[n_rows][n_out]; raw = 1 stops before the
    output layer's bias (logits W.a, for the loss). ws: cbn__workspace_bytes(m, n_rows) bytes.
    Returns CBN_OK or CBN_ERR_OVERFLOW. */
 static int cbn__forward_f32(const cbn_model *m, const float *X, size_t n_rows, float *out,
                             int raw, void *ws) {
+    if (cbn__use_avx512_build()) return CBN_FORWARD_AVX512(f32, m, X, n_rows, out, raw, ws);
     return cbn__use_fma_build() ? CBN_FORWARD_FMA(f32, m, X, n_rows, out, raw, ws)
                                 : cbn__forward_f32_base(m, X, n_rows, out, raw, ws);
 }
 
 static int cbn__forward_f64(const cbn_model *m, const double *X, size_t n_rows, double *out,
                             int raw, void *ws) {
+    if (cbn__use_avx512_build()) return CBN_FORWARD_AVX512(f64, m, X, n_rows, out, raw, ws);
     return cbn__use_fma_build() ? CBN_FORWARD_FMA(f64, m, X, n_rows, out, raw, ws)
                                 : cbn__forward_f64_base(m, X, n_rows, out, raw, ws);
 }
@@ -1405,6 +1532,11 @@ int cbn_model_forward_f64(const cbn_model *model, const double *X, size_t n_rows
     s = cbn__forward_f64(model, X, n_rows, out, 0, ws);
     free(ws);
     return s;
+}
+
+const char *cbn_model_instruction_set(void) {
+    static const char *const names[] = {"baseline", "avx2", "avx512"};
+    return names[cbn__forward_isa()];
 }
 
 const char *cbn_model_strerror(int status) {

@@ -81,6 +81,10 @@ int cbn_model_forward_f64_ws(const cbn_model *model, const double *X, size_t n_r
 /* A static English sentence for a status code (never NULL). */
 const char *cbn_model_strerror(int status);
 
+/* The instruction set the forward functions' kernels run on this CPU: "avx512", "avx2"
+   (AVX2 + FMA) or "baseline". Every one gives the same bits; only the speed differs. */
+const char *cbn_model_instruction_set(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -86,6 +86,10 @@ int main(int argc, char **argv) {
         }
         return 0;
     }
+    if (argc == 2 && strcmp(argv[1], "isa") == 0) {
+        printf("%s\n", cbn_model_instruction_set());
+        return 0;
+    }
     if (argc == 3 && strcmp(argv[1], "sha256") == 0) {
         size_t size;
         unsigned char *data = read_all(argv[2], &size), digest[32];
