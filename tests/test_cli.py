@@ -9,6 +9,7 @@ import pytest
 
 import cbn
 from cbn.__main__ import main
+from cbn._tables import CommandError, read_share, read_table
 
 
 @pytest.fixture
@@ -245,3 +246,36 @@ def test_train_with_a_checkpoint_stops_on_sigterm_and_resumes(files, capsys, mon
         assert np.array_equal(resumed.parameters()[key], value), key
     assert np.array_equal(resumed._running, plain._running)
     assert resumed.optimizer.t == plain.optimizer.t
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+def test_rank_shares_of_a_csv_make_the_whole_table(files, size):
+    """cbn train --mpi: each rank converts and keeps only its contiguous rows of X."""
+    X, names, y = read_table(str(files / "flowers.csv"), "species")
+    parts = [read_share(str(files / "flowers.csv"), "species", r, size) for r in range(size)]
+    assert [start for *_, start in parts] == [r * len(X) // size for r in range(size)]
+    assert np.array_equal(np.concatenate([part[0] for part in parts]), X)
+    for X_r, names_r, y_r, _ in parts:
+        assert X_r.dtype == np.float64 and names_r == names and np.array_equal(y_r, y)
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_rank_shares_of_an_npz_are_memory_mapped_where_stored(tmp_path, rng, save):
+    X = rng.standard_normal((101, 4)).astype(np.float32)
+    save(tmp_path / "d.npz", X=X, y=np.arange(101))
+    for r in range(3):
+        X_r, names, y, start = read_share(str(tmp_path / "d.npz"), "y", r, 3)
+        assert start == r * 101 // 3 and names == ["x0", "x1", "x2", "x3"]
+        assert np.array_equal(X_r, X[start:(r + 1) * 101 // 3]) and np.array_equal(y, np.arange(101))
+        # np.savez stores X uncompressed: mapped, never read whole; compressed: read whole
+        assert isinstance(X_r, np.memmap) == (save is np.savez)
+        assert X_r.dtype == np.float32 and (X_r.base is None or isinstance(X_r, np.memmap))
+
+
+def test_a_bad_cell_is_found_by_the_rank_whose_share_holds_it(files):
+    lines = (files / "flowers.csv").read_text().splitlines()
+    lines[150] = "x," + lines[150].split(",", 1)[1]   # data row 149: rank 1 of 2 has it
+    (files / "bad.csv").write_text("\n".join(lines) + "\n")
+    read_share(str(files / "bad.csv"), "species", 0, 2)
+    with pytest.raises(CommandError, match="column 'petal', line 151: expected a number"):
+        read_share(str(files / "bad.csv"), "species", 1, 2)

@@ -202,3 +202,32 @@ def test_command_line_with_mpi(tmp_path):
     assert output.count("saved ") == 1 and output.count("epoch 2/2") == 1
     net = cbn.Network.load(tmp_path / "model.npz")
     assert net.optimizer.t > 0 and net.layer_sizes[0] == 4
+
+
+@needs_mpi
+def test_command_line_with_mpi_on_a_csv_reads_shares(tmp_path):
+    """mpiexec -n 2 cbn train data.csv --mpi: each rank converts its own rows; a bad cell in
+    rank 1's share stops every rank with rank 1's message (no rank left waiting)."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(120, 3))
+    lines = ["a,b,c,label"] + [f"{x[0]:.5f},{x[1]:.5f},{x[2]:.5f},{'yes' if x[0] > 0 else 'no'}"
+                               for x in X]
+    (tmp_path / "good.csv").write_text("\n".join(lines) + "\n")
+    lines[100] = "oops," + lines[100].split(",", 1)[1]   # data row 99 of 120: rank 1's share
+    (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+
+    def train(name):
+        return subprocess.run(
+            MPIEXEC + ["-n", "2", sys.executable, "-m", "cbn", "train", str(tmp_path / name),
+                       "--target", "label", "--mpi", "--epochs", "2", "--verbose", "0",
+                       "--out", str(tmp_path / "model.safetensors")],
+            capture_output=True, text=True, timeout=120, env=env)
+    good = train("good.csv")
+    assert good.returncode == 0, good.stdout + good.stderr
+    net = cbn.Network.load(tmp_path / "model.safetensors")
+    assert net.metadata["classes"] == ["no", "yes"] and net.layer_sizes[0] == 3
+    bad = train("bad.csv")
+    assert bad.returncode != 0
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("cbn: error: ")]
+    assert len(errors) == 2 and all("rank 1" in e and "line 101" in e for e in errors), bad.stderr

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from cbn import Adam, EarlyStopping, Network, TrainingInterrupted, _model_file
-from cbn._tables import CommandError, as_numbers, is_classification, read_table
+from cbn._tables import CommandError, as_numbers, is_classification, read_share, read_table
 from cbn.datasets import load_digits_split
 from cbn.optimizers import OPTIMIZERS
 from cbn.plotting import figure_class
@@ -51,8 +51,8 @@ def train(args):
             raise CommandError("--target: name the CSV column to predict")
         target, source = args.target or "y", args.data
         if args.mpi:
-            X_all, features, y_all = _read_mpi_data(args.data, target)
-            X, y, X_val, y_val = _share(X_all, y_all, args.validation_fraction, comm)
+            X_share, features, y_all, start = _read_mpi_data(args.data, target, comm)
+            X, y, X_val, y_val = _share(X_share, y_all, start, args.validation_fraction)
         else:
             X_all, features, y_all = read_table(args.data, target)
             X, y, X_val, y_val = _split(X_all, y_all, args.validation_fraction, args.seed)
@@ -118,31 +118,42 @@ def _silent(*args, **kwargs):
     pass
 
 
-def _read_mpi_data(path, target):
-    """The data of `cbn train --mpi`: an X.npy file (memory-mapped) with --target y.npy, or
-    a CSV / NPZ file read as without --mpi."""
-    if not path.lower().endswith(".npy"):
-        return read_table(path, target)
-    if not target.lower().endswith(".npy"):
-        raise CommandError("--target: with an X.npy file, name the y.npy file of the targets")
-    try:
-        X = np.load(path, mmap_mode="r", allow_pickle=False)
-        y = np.load(target, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CommandError(f"{path}, {target}: not readable .npy files ({exc})") from None
-    if X.ndim != 2 or y.ndim != 1 or len(y) != len(X):
-        raise CommandError(f"{path}, {target}: expected X of shape (n, features) and y of "
-                           f"shape (n,), got {X.shape} and {y.shape}")
-    return X, [f"x{i}" for i in range(X.shape[1])], y
-
-
-def _share(X, y, fraction, comm):
-    """This rank's contiguous share of the rows; its last ``fraction`` is held out."""
+def _read_mpi_data(path, target, comm):
+    """This rank's contiguous share of the rows for `cbn train --mpi`: (X's share, feature
+    names, y of all rows, the share's first row). DATA is an X.npy file (memory-mapped) with
+    --target y.npy, or a CSV / NPZ file (cbn._tables.read_share). If any rank cannot read
+    its share, every rank stops with that rank's message."""
     rank, size = comm.Get_rank(), comm.Get_size()
-    start, stop = rank * len(X) // size, (rank + 1) * len(X) // size
-    n_val = int(round(fraction * (stop - start)))
-    cut = stop - n_val
-    return X[start:cut], y[start:cut], X[cut:stop], y[cut:stop]
+
+    def read():
+        if not path.lower().endswith(".npy"):
+            return read_share(path, target, rank, size)
+        if not target.lower().endswith(".npy"):
+            raise CommandError("--target: with an X.npy file, name the y.npy file of the "
+                               "targets")
+        try:
+            X = np.load(path, mmap_mode="r", allow_pickle=False)
+            y = np.load(target, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"{path}, {target}: not readable .npy files ({exc})") from None
+        if X.ndim != 2 or y.ndim != 1 or len(y) != len(X):
+            raise CommandError(f"{path}, {target}: expected X of shape (n, features) and y "
+                               f"of shape (n,), got {X.shape} and {y.shape}")
+        start, stop = rank * len(X) // size, (rank + 1) * len(X) // size
+        return X[start:stop], [f"x{i}" for i in range(X.shape[1])], y, start
+    from cbn import _distributed
+    try:
+        return _distributed.agree(comm, read)[0]
+    except RuntimeError as exc:   # a CommandError on some rank, re-raised on every rank
+        raise CommandError(str(exc)) from None
+
+
+def _share(X, y_all, start, fraction):
+    """Training and validation rows of a rank's share X (rows start.. of y_all): its last
+    ``fraction`` is held out."""
+    n_val = int(round(fraction * len(X)))
+    cut, stop = len(X) - n_val, start + len(X)
+    return X[:cut], y_all[start:start + cut], X[cut:], y_all[start + cut:stop]
 
 
 def _split(X, y, fraction, seed):
