@@ -189,6 +189,12 @@ def check_fit_rule():
         net.layers[0].W[0, 0] += 1.0
     expect_all_raise(RuntimeError, lambda: net.fit(X[a:b], y[a:b], epochs=2, batch_size=8),
                      ["rank 1", "differ", "epoch 1"])
+    # each rank updates its own chunk: a learning rate set on one rank would act there only
+    net = make(comm)
+    if rank == 1:
+        net.optimizer.lr *= 2
+    expect_all_raise(RuntimeError, lambda: net.fit(X[a:b], y[a:b], epochs=1, batch_size=8),
+                     ["rank 1", "optimizer settings", "epoch 1"])
     passed("a network changed on one rank only is refused")
 
 

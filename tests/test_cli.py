@@ -267,9 +267,23 @@ def test_rank_shares_of_an_npz_are_memory_mapped_where_stored(tmp_path, rng, sav
         X_r, names, y, start = read_share(str(tmp_path / "d.npz"), "y", r, 3)
         assert start == r * 101 // 3 and names == ["x0", "x1", "x2", "x3"]
         assert np.array_equal(X_r, X[start:(r + 1) * 101 // 3]) and np.array_equal(y, np.arange(101))
-        # np.savez stores X uncompressed: mapped, never read whole; compressed: read whole
-        assert isinstance(X_r, np.memmap) == (save is np.savez)
-        assert X_r.dtype == np.float32 and (X_r.base is None or isinstance(X_r, np.memmap))
+        # np.savez stores X uncompressed: mapped, never held whole; compressed: read whole,
+        # the share copied out (not a view keeping the whole array alive)
+        assert X_r.dtype == np.float32
+        if save is np.savez:
+            assert isinstance(X_r, np.memmap)
+        else:
+            assert not isinstance(X_r, np.memmap) and X_r.base is None
+
+
+def test_a_damaged_npz_share_is_refused(tmp_path, rng):
+    X = rng.standard_normal((50, 3))
+    np.savez(tmp_path / "d.npz", X=X, y=np.arange(50))
+    data = bytearray((tmp_path / "d.npz").read_bytes())
+    data[data.index(X[10].tobytes())] ^= 0x40   # one bit of X's bytes flipped
+    (tmp_path / "d.npz").write_bytes(bytes(data))
+    with pytest.raises(CommandError, match="CRC"):
+        read_share(str(tmp_path / "d.npz"), "y", 0, 2)
 
 
 def test_a_bad_cell_is_found_by_the_rank_whose_share_holds_it(files):

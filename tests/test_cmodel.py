@@ -110,19 +110,23 @@ def test_c_library_gives_pythons_bits_on_the_mnist_sized_network(driver, tmp_pat
 
 
 # Builds of cbn_model.c besides the documented line: the README's faster line (AVX2 and FMA,
-# or AVX-512, compiled in where the CPU has them); an AVX2 + FMA base that takes the AVX-512
-# build at run time where the CPU has it; the documented line without the AVX-512 build;
+# or AVX-512, compiled in where the CPU has them); AVX-512F compiled in (GCC's -mavx512f
+# alone, without -mfma); an AVX2 + FMA base that takes the AVX-512 build at run time where
+# the CPU has it; the documented line without the AVX-512 build;
 # GNU mode, which contracts a*b + c where it can (the file's only multiply-adds are explicit,
 # so the builds chosen at run time have nothing left to contract); the portable kernel
 # without those builds (fma() lane by lane); no vector extensions at all (what a compiler
-# without GCC's extensions runs). "native" and "avx2" need a compiler that takes the flags.
+# without GCC's extensions runs). "native", "avx512" and "avx2" need a compiler that takes
+# the flags (and a CPU that runs them).
 BUILDS = {"native": ("-O3", "-march=native", "-ffp-contract=off"),
+          "avx512": ("-O2", "-mavx512f", "-ffp-contract=off"),
           "avx2": ("-O2", "-mavx2", "-mfma", "-ffp-contract=off"),
           "no_avx512": ("-DCBN_NO_AVX512",),
           "gnu": ("-std=gnu99",),
           "portable": ("-DCBN_NO_DISPATCH",),
           "scalar": ("-DCBN_NO_VECTORS",)}
-OPTIONAL_BUILDS = ("native", "avx2")
+OPTIONAL_BUILDS = ("native", "avx512", "avx2")
+NEEDS = {"avx512": {"avx512f"}, "avx2": {"avx2", "fma"}}   # CPU flags a build needs to run
 
 
 def cpu_flags():
@@ -137,7 +141,7 @@ def cpu_flags():
 def builds(tmp_path_factory):
     folder, exes = str(tmp_path_factory.mktemp("cmodel_builds")), {}
     for name, flags in BUILDS.items():
-        if name == "avx2" and not {"avx2", "fma"} <= cpu_flags():
+        if not NEEDS.get(name, set()) <= cpu_flags():
             exes[name] = None   # it would not run here
             continue
         exe, proc = compile_driver(folder, f"cmodel_{name}", ("-Wall", "-Wextra", "-Werror", *flags))
@@ -168,7 +172,8 @@ def test_each_build_runs_the_instruction_set_it_should(driver, builds):
     flags = cpu_flags()
     x86 = platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= flags
     best = ("avx512" if "avx512f" in flags else "avx2") if x86 else "baseline"
-    expected = {"documented": best, "native": best, "avx2": best, "gnu": best,
+    expected = {"documented": best, "native": best, "avx512": "avx512", "avx2": best,
+                "gnu": best,
                 "no_avx512": "avx2" if x86 else "baseline",
                 "portable": "baseline", "scalar": "baseline"}
     for name, exe in [("documented", driver), *builds.items()]:

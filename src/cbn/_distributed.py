@@ -352,21 +352,25 @@ class Sync:
             self.state_partial = False
 
     def check_identical(self, net, epoch):
-        """Raise on every rank if a rank's parameters or statistics are not rank 0's.
+        """Raise on every rank if a rank's parameters, statistics or optimizer settings are
+        not rank 0's.
 
         Ranks stay identical by construction; this catches a state changed on one rank only
         (e.g. parameters edited there between fits or by a callback), at the start of every
         epoch, for a CRC of the state: the parameters' all-gather in the epoch's first step
-        would overwrite such a change after the step had used it.
+        would overwrite such a change after the step had used it, and a rank's own learning
+        rate would only ever act on its own chunk.
         """
-        crc = zlib.crc32(net._running, zlib.crc32(net._params))
+        opt = net.optimizer
+        settings = repr([opt.t, sorted(opt.get_config().items())]).encode()
+        crc = zlib.crc32(settings, zlib.crc32(net._running, zlib.crc32(net._params)))
         crcs = self.comm.allgather(crc)
         differ = [r for r, value in enumerate(crcs) if value != crcs[0]]
         if differ:
             raise RuntimeError(
-                f"rank {differ[0]}: its parameters or running statistics differ from rank "
-                f"0's at the start of epoch {epoch}; they were changed on some ranks only "
-                f"(every rank must make the same changes to the network)")
+                f"rank {differ[0]}: its parameters, running statistics or optimizer settings "
+                f"differ from rank 0's at the start of epoch {epoch}; they were changed on "
+                f"some ranks only (every rank must make the same changes to the network)")
 
     def sum_int(self, value):
         """Sum an integer over all ranks (exact; a buffer Allreduce, no pickling)."""

@@ -64,17 +64,17 @@ cdef extern from *:
         return 0;
     #endif
     }
-    static void cbn__allow_avx512(int allowed) {
-    #ifdef CBN_DISPATCH_AVX512
-        cbn__avx512_allowed = allowed;
+    static void cbn__limit_isa(int level) {
+    #if defined(CBN_DISPATCH) || defined(CBN_DISPATCH_AVX512)
+        cbn__isa_limit = level;
     #else
-        (void)allowed;
+        (void)level;
     #endif
     }
     """
     int cbn__compiled_for_avx2() nogil
     int cbn__cpu_has_avx2_fma() nogil
-    void cbn__allow_avx512(int allowed) nogil
+    void cbn__limit_isa(int level) nogil
 
 # "avx2": compiled for AVX2 and FMA (setup.py's _inference_avx2)
 INSTRUCTION_SET = "avx2" if cbn__compiled_for_avx2() else "baseline"
@@ -85,9 +85,10 @@ def cpu_has_avx2_fma():
     return bool(cbn__cpu_has_avx2_fma())
 
 
-def allow_avx512(bint allowed):
-    """False keeps this module's run-time AVX-512 build of the kernel out (CBN_NO_AVX512=1)."""
-    cbn__allow_avx512(allowed)
+def limit_instruction_set(int level):
+    """The best build this module may take at run time: 2 AVX-512, 1 AVX2 + FMA, 0 neither
+    (CBN_NO_AVX512=1 and CBN_NO_AVX2=1). Builds compiled in are not affected."""
+    cbn__limit_isa(level)
 
 
 def instruction_set():

@@ -15,10 +15,12 @@ import numpy as np
 from cbn import _distributed, _inference, _inference_avx2, _kernels
 from cbn import _validation as check
 
+_NO_AVX2, _NO_AVX512 = (os.environ.get(name, "") not in ("", "0")
+                        for name in ("CBN_NO_AVX2", "CBN_NO_AVX512"))
 _BUILD = (_inference_avx2
           if _inference_avx2.INSTRUCTION_SET == "avx2" and _inference.cpu_has_avx2_fma()
-          and os.environ.get("CBN_NO_AVX2", "") in ("", "0") else _inference)
-_BUILD.allow_avx512(os.environ.get("CBN_NO_AVX512", "") in ("", "0"))
+          and not _NO_AVX2 else _inference)
+_BUILD.limit_instruction_set(0 if _NO_AVX2 else 1 if _NO_AVX512 else 2)
 INSTRUCTION_SET = _BUILD.instruction_set()   # "avx512", "avx2" or "baseline"
 
 

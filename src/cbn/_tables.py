@@ -6,15 +6,17 @@ Problems are :class:`CommandError`, which the command line reports as one line.
 
 Under ``cbn train --mpi`` each rank keeps only its contiguous share of X
 (:func:`read_share`): a CSV is read twice (once to count the rows, once to convert the
-share's cells), an NPZ's X is memory-mapped where it is stored uncompressed (np.savez; a
-np.savez_compressed member cannot be entered mid-stream and is read whole). The target
-column is read whole on every rank: the classes are those of all rows.
+share's cells), an NPZ's X is memory-mapped where it is stored uncompressed (np.savez; its
+CRC-32 is still checked, reading the bytes in pieces; a np.savez_compressed member cannot be
+entered mid-stream and is read whole). The target column is read whole on every rank: the
+classes are those of all rows.
 """
 import csv
 import math
 import os
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -98,19 +100,32 @@ def _read_npz(path, target, features, share):
 
 
 def _mapped_member(path, name):
-    """The array name.npy of an NPZ file, memory-mapped read-only; None where it is stored
-    compressed or in a .npy version this reader does not map (then np.load reads it)."""
+    """The array name.npy of an NPZ file, memory-mapped read-only, after the CRC-32 of its
+    bytes is checked (read in pieces, as np.load's zipfile would); None where it is stored
+    compressed or in a form this reader does not map (then np.load reads it whole)."""
     with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo(f"{name}.npy")
-    if info.compress_type != zipfile.ZIP_STORED:
+        infos = [info for info in archive.infolist() if info.filename in (f"{name}.npy", name)]
+    if not infos or infos[0].compress_type != zipfile.ZIP_STORED:
         return None
+    info = infos[0]
     with open(path, "rb") as f:
         f.seek(info.header_offset)
         local = f.read(30)   # the member's local file header, then its name and extra field
         if len(local) != 30 or local[:4] != b"PK\x03\x04":
-            raise ValueError(f"member {name}.npy: no local file header")
+            raise ValueError(f"member {info.filename}: no local file header")
         name_length, extra_length = struct.unpack("<HH", local[26:30])
+        if f.read(name_length) != info.filename.encode():
+            raise ValueError(f"member {info.filename}: its local header names another file")
         begin = info.header_offset + 30 + name_length + extra_length
+        f.seek(begin)
+        crc, left = 0, info.file_size
+        while left:
+            piece = f.read(min(left, 1 << 24))
+            if not piece:
+                raise ValueError(f"member {info.filename}: truncated")
+            crc, left = zlib.crc32(piece, crc), left - len(piece)
+        if crc != info.CRC:
+            raise ValueError(f"member {info.filename}: bad CRC-32 (the file is damaged)")
         f.seek(begin)
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -121,9 +136,9 @@ def _mapped_member(path, name):
             return None
         offset = f.tell()
     if dtype.hasobject:
-        raise ValueError(f"member {name}.npy holds Python objects")
+        raise ValueError(f"member {info.filename} holds Python objects")
     if offset - begin + math.prod(shape) * dtype.itemsize != info.file_size:
-        raise ValueError(f"member {name}.npy: its header does not match its size")
+        return None   # bytes after the array: np.load decides
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
                      order="F" if fortran else "C")
 
@@ -160,8 +175,9 @@ def _read_csv(path, target, features, share):
             raise CommandError(f"{path}: missing column(s) {', '.join(missing)} that the "
                                f"model was trained on")
         start, stop = _bounds(n, share)
-        columns = [header.index(name) for name in features]
-        t = header.index(target) if target is not None else None
+        index = {name: i for i, name in enumerate(header)}   # a repeated name: its last column
+        columns = [index[name] for name in features]
+        t = index[target] if target is not None else None
         X, y = np.empty((stop - start, len(features))), []
         if kept is None:
             rows = _csv_rows(path)

@@ -110,18 +110,20 @@ typedef double cbn__vd __attribute__((vector_size(CBN_VECTOR_BYTES)));
     ((acc) = (cbn__vf)_mm256_fmadd_ps((__m256)(v), _mm256_set1_ps(s), (__m256)(acc)))
 #define CBN_FMA_X86_f64(acc, v, s) \
     ((acc) = (cbn__vd)_mm256_fmadd_pd((__m256d)(v), _mm256_set1_pd(s), (__m256d)(acc)))
-#if !(defined(__AVX2__) && defined(__FMA__)) && !defined(CBN_NO_DISPATCH)
-#define CBN_DISPATCH 1
-#endif
 /* AVX-512: the row kernels hold a whole row group in one 64-byte register (CBN_ZMM_ROWS),
-   compiled in where the compiler targets AVX-512F, else built once more and taken at run
-   time when the CPU has it (CBN_DISPATCH_AVX512). -DCBN_NO_AVX512 leaves both out. */
+   compiled in where the compiler targets AVX-512F (then the baseline build is the one that
+   runs), else built once more and taken at run time when the CPU has it
+   (CBN_DISPATCH_AVX512). -DCBN_NO_AVX512 leaves both out. */
 #if !defined(CBN_NO_AVX512)
 #if defined(__AVX512F__)
 #define CBN_AVX512_NATIVE 1
 #elif !defined(CBN_NO_DISPATCH)
 #define CBN_DISPATCH_AVX512 1
 #endif
+#endif
+#if !(defined(__AVX2__) && defined(__FMA__)) && !defined(CBN_NO_DISPATCH) && \
+    !defined(CBN_AVX512_NATIVE)
+#define CBN_DISPATCH 1
 #endif
 #endif
 #define CBN_FMA1_f32 fmaf
@@ -646,11 +648,18 @@ CBN_BUILD(_avx512, __attribute__((target("avx512f,avx2,fma"))), CBN_FMA_X86_f32,
 #define CBN_FORWARD_FMA(S, ...) CBN_OK   /* never taken */
 #endif
 
+#if defined(CBN_DISPATCH) || defined(CBN_DISPATCH_AVX512)
+/* The best build taken at run time: 2 AVX-512, 1 AVX2 + FMA, 0 neither. cbn._inference
+   lowers it for CBN_NO_AVX512=1 (1) and CBN_NO_AVX2=1 (0); C programs leave it. */
+static int cbn__isa_limit = 2;
+#endif
+
 /* 1 where forward takes the build for AVX2 + FMA (CBN_DISPATCH: the CPU has both). */
 static int cbn__use_fma_build(void) {
 #ifdef CBN_DISPATCH
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return cbn__isa_limit >= 1 && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma");
 #else
     return 0;
 #endif
@@ -658,13 +667,10 @@ static int cbn__use_fma_build(void) {
 
 /* 1 where forward takes the build for AVX-512 (CBN_DISPATCH_AVX512: the CPU and the OS have
    it; GCC's check includes the OS's support for the 64-byte registers). */
-#ifdef CBN_DISPATCH_AVX512
-static int cbn__avx512_allowed = 1;   /* 0 (cbn._inference, for CBN_NO_AVX512=1) keeps it out */
-#endif
 static int cbn__use_avx512_build(void) {
 #ifdef CBN_DISPATCH_AVX512
     __builtin_cpu_init();
-    return cbn__avx512_allowed && __builtin_cpu_supports("avx512f");
+    return cbn__isa_limit >= 2 && __builtin_cpu_supports("avx512f");
 #else
     return 0;
 #endif
