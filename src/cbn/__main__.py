@@ -17,7 +17,8 @@ import time
 import numpy as np
 
 from cbn import Adam, EarlyStopping, Network, TrainingInterrupted, _model_file
-from cbn._tables import CommandError, as_numbers, is_classification, read_share, read_table
+from cbn._tables import (CommandError, as_numbers, is_classification, read_share, read_table,
+                         share_bounds)
 from cbn.datasets import load_digits_split
 from cbn.optimizers import OPTIMIZERS
 from cbn.plotting import figure_class
@@ -139,7 +140,7 @@ def _read_mpi_data(path, target, comm):
         if X.ndim != 2 or y.ndim != 1 or len(y) != len(X):
             raise CommandError(f"{path}, {target}: expected X of shape (n, features) and y "
                                f"of shape (n,), got {X.shape} and {y.shape}")
-        start, stop = rank * len(X) // size, (rank + 1) * len(X) // size
+        start, stop = share_bounds(len(X), (rank, size))
         return X[start:stop], [f"x{i}" for i in range(X.shape[1])], y, start
     from cbn import _distributed
     try:

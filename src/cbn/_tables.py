@@ -53,7 +53,7 @@ def _read(path, target, features, share):
     return _read_csv(path, target, features, share)
 
 
-def _bounds(n, share):
+def share_bounds(n, share):
     """The rows [start, stop) of a share (rank, size) of n rows; all of them for None."""
     if share is None:
         return 0, n
@@ -90,7 +90,7 @@ def _read_npz(path, target, features, share):
         if y.ndim != 1 or len(y) != len(X):
             raise CommandError(f"{path}: target {target!r} must have shape ({len(X)},), one "
                                f"value per row of 'X', got shape {y.shape}")
-    start, stop = _bounds(len(X), share)
+    start, stop = share_bounds(len(X), share)
     X = X[start:stop]
     if share is None or X.dtype.kind != "f":
         X = X.astype(np.float64)
@@ -174,7 +174,7 @@ def _read_csv(path, target, features, share):
         if missing:
             raise CommandError(f"{path}: missing column(s) {', '.join(missing)} that the "
                                f"model was trained on")
-        start, stop = _bounds(n, share)
+        start, stop = share_bounds(n, share)
         index = {name: i for i, name in enumerate(header)}   # a repeated name: its last column
         columns = [index[name] for name in features]
         t = index[target] if target is not None else None
