@@ -185,10 +185,12 @@ def test_each_build_runs_the_instruction_set_it_should(driver, builds):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_few_rows_in_c_give_the_bits_of_a_large_python_batch(driver, builds, tmp_path, dtype,
                                                              name):
-    """1-4 rows take cbn_model.c's few-rows kernel (lanes across units, W tiles transposed in
-    registers); 5 rows and more the row kernels. Units 16 + 8 + 5, K = 8 * 5 + 3."""
+    """1-4 rows take cbn_model.c's few-rows kernels (lanes across units: W packed in panels of
+    64 bytes at load, the units past the last panel from tiles of W transposed in registers);
+    5 rows and more the row kernels. 91 units: float32 4 panels of 16 side by side + 1 panel +
+    a tile of 8 + 3; float64 2 x 4 panels of 8 + 3 panels + 3. K = 8 * 5 + 3."""
     exe = driver if name == "documented" else build(builds, name)
-    net = trained([43, 29, 13, 4], dtype, "relu", "softmax", True)
+    net = trained([43, 91, 13, 4], dtype, "relu", "softmax", True)
     X = np.random.default_rng(6).standard_normal((150, 43)).astype(dtype)
     full = net.predict_proba(X)
     for n, start in [(1, 0), (1, 149), (2, 17), (3, 64), (4, 100), (5, 31)]:

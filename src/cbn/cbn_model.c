@@ -51,13 +51,15 @@ enum { CBN_OUT_SOFTMAX = 0, CBN_OUT_SIGMOID = 1, CBN_OUT_LINEAR = 2 };
 #define CBN_LANES_F64 (CBN_VECTOR_BYTES / 8)
 #define CBN_ROW_BLOCK_F32 (CBN_BLOCK_GROUPS * 2 * CBN_LANES_F32)
 #define CBN_ROW_BLOCK_F64 (CBN_BLOCK_GROUPS * 2 * CBN_LANES_F64)
+#define CBN_PANEL_BYTES 64
 
 typedef struct cbn_layer {
     size_t n_in, n_out;
     const void *W;          /* n_out x n_in, row-major */
-    const void *Wp;         /* NULL, or W's first n_out / LANES * LANES units packed in panels
-                               of LANES units, k-major: Wp[(p * n_in + k) * LANES + u] =
-                               W[p * LANES + u][k] (models from the loader, for few rows) */
+    const void *Wp;         /* NULL, or W's first n_out / PANEL * PANEL units packed in
+                               panels of PANEL units (one 64-byte line per k: 16 float32, 8
+                               float64), k-major: Wp[(p * n_in + k) * PANEL + u] =
+                               W[p * PANEL + u][k] (models from the loader, for few rows) */
     const void *scale;      /* per unit; NULL for a layer without batch norm */
     const void *shift;      /* per unit: the batch-norm shift, or the bias */
 } cbn_layer;
@@ -321,18 +323,24 @@ static TARGET void cbn__few##R##_##P##_##S##N(const T *xT, size_t G, const T *W,
     CBN_FEW_KERNEL(S, N, TARGET, FMA, T, V, LANES, 1, 2) \
     CBN_FEW_KERNEL(S, N, TARGET, FMA, T, V, LANES, 2, 2)
 /* The same sums from W packed in panels (cbn_layer.Wp): one contiguous vector of LANES
-   units per k and panel, no transposes. */
+   units per k, no transposes. The block's units start at j0 (a multiple of LANES); vector p
+   is part of panel (j0 + p * LANES) / PANEL. */
 #define CBN_PACKED_KERNEL(S, N, TARGET, FMA, T, V, LANES, R, P) \
-static TARGET void cbn__packed##R##_##P##_##S##N(const T *xT, size_t G, const T *Wp, size_t K, \
-                                                 T *zT) { \
+static TARGET void cbn__packed##R##_##P##_##S##N(const T *xT, size_t G, const T *Wp, \
+                                                 size_t j0, size_t K, T *zT) { \
+    const size_t panel = CBN_PANEL_BYTES / sizeof(T); \
     V acc[R][P], w[P]; \
+    const T *wp[P]; \
     const V zero = {0}; \
     size_t k; \
     int r, p, u; \
+    CBN_UNROLL for (p = 0; p < (P); p++) { \
+        const size_t unit = j0 + (size_t)p * (LANES); \
+        wp[p] = Wp + unit / panel * panel * K + unit % panel; \
+    } \
     CBN_UNROLL for (r = 0; r < (R); r++) CBN_UNROLL for (p = 0; p < (P); p++) acc[r][p] = zero; \
     for (k = 0; k < K; k++) { \
-        CBN_UNROLL for (p = 0; p < (P); p++) \
-            memcpy(&w[p], Wp + ((size_t)p * K + k) * (LANES), sizeof(V)); \
+        CBN_UNROLL for (p = 0; p < (P); p++) memcpy(&w[p], wp[p] + k * panel, sizeof(V)); \
         CBN_UNROLL for (r = 0; r < (R); r++) { \
             const T x = xT[k * G + r]; \
             CBN_UNROLL for (p = 0; p < (P); p++) FMA(acc[r][p], w[p], x); \
@@ -357,28 +365,30 @@ static TARGET void cbn__packed##R##_##P##_##S##N(const T *xT, size_t G, const T 
 #define CBN_FEW_CALL(S, N, R, P) \
     cbn__few##R##_##P##_##S##N(xT, ld, W + j0 * K, K, zT + j0 * ld)
 #define CBN_PACKED_CALL(S, N, R, P) \
-    cbn__packed##R##_##P##_##S##N(xT, ld, Wp + j0 * K, K, zT + j0 * ld)
-/* Units j0.. of zT for rows < R through the few-rows kernels; returns the first unit left
-   (fewer than LANES units remain for the row kernels). */
-#define CBN_FEW_GEMM(S, N, TARGET, T, LANES) \
+    cbn__packed##R##_##P##_##S##N(xT, ld, Wp, j0, K, zT + j0 * ld)
+/* Units j0.. of zT for rows < R through the few-rows kernels: the packed units of Wp, then
+   tiles of W; returns the first unit left (fewer than LANES units remain for the row
+   kernels). PACKED: a statement that may take the packed units first (AVX-512 builds). */
+#define CBN_FEW_GEMM(S, N, TARGET, T, LANES, PACKED) \
 static TARGET size_t cbn__few_gemm_##S##N(const T *xT, size_t rows, const T *W, const T *Wp, \
                                           size_t K, size_t n_out, T *zT) { \
     const size_t ld = 2 * (LANES); \
     size_t j0 = 0; \
     if (Wp) { \
-        /* 4 panels side by side (1-2 rows) or 2 (3-4 rows) hide the adds' latency */ \
+        const size_t packed = n_out / (CBN_PANEL_BYTES / sizeof(T)) * (CBN_PANEL_BYTES / sizeof(T)); \
+        /* 4 vectors side by side (1-2 rows) or 2 (3-4 rows) hide the adds' latency */ \
         const size_t P = rows <= 2 ? 4 : 2; \
-        for (; j0 + P * (LANES) <= n_out; j0 += P * (LANES)) \
+        PACKED(S, N) \
+        for (; j0 + P * (LANES) <= packed; j0 += P * (LANES)) \
             switch (rows) { \
             case 1: CBN_PACKED_CALL(S, N, 1, 4); break; case 2: CBN_PACKED_CALL(S, N, 2, 4); break; \
             case 3: CBN_PACKED_CALL(S, N, 3, 2); break; default: CBN_PACKED_CALL(S, N, 4, 2); break; \
             } \
-        for (; j0 + (LANES) <= n_out; j0 += (LANES)) \
+        for (; j0 + (LANES) <= packed; j0 += (LANES)) \
             switch (rows) { \
             case 1: CBN_PACKED_CALL(S, N, 1, 1); break; case 2: CBN_PACKED_CALL(S, N, 2, 1); break; \
             case 3: CBN_PACKED_CALL(S, N, 3, 1); break; default: CBN_PACKED_CALL(S, N, 4, 1); break; \
             } \
-        return j0; \
     } \
     /* two panels side by side hide the adds' latency; from 3 rows on, one (registers) */ \
     for (; rows <= 2 && j0 + 2 * (LANES) <= n_out; j0 += 2 * (LANES)) { \
@@ -396,7 +406,7 @@ static TARGET size_t cbn__few_gemm_##S##N(const T *xT, size_t rows, const T *W, 
 #define CBN_TILES(N, TARGET)
 #define CBN_FEW_KERNELS(S, N, TARGET, FMA, T, V, LANES)
 #define CBN_PACKED_KERNELS(S, N, TARGET, FMA, T, V, LANES)
-#define CBN_FEW_GEMM(S, N, TARGET, T, LANES) \
+#define CBN_FEW_GEMM(S, N, TARGET, T, LANES, PACKED) \
 static size_t cbn__few_gemm_##S##N(const T *xT, size_t rows, const T *W, const T *Wp, \
                                    size_t K, size_t n_out, T *zT) { \
     (void)xT; (void)rows; (void)W; (void)Wp; (void)K; (void)n_out; (void)zT; \
@@ -449,7 +459,55 @@ static TARGET void cbn__z_group_##S##N(const T *xT, size_t ld, const T *W, size_
 } \
 static TARGET void cbn__z_unit_##S##N(const T *xT, size_t ld, const T *W, size_t K, T *zT) { \
     cbn__z_##S##N(xT, ld, W, K, zT, 0, 0, 1, 1); \
+} \
+CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, 1, 4) CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, 1, 1) \
+CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, 2, 4) CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, 2, 1) \
+CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, 3, 4) CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, 3, 1) \
+CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, 4, 4) CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, 4, 1)
+/* Few rows from Wp (cbn_layer.Wp): one panel is one 64-byte vector per k, and P panels side by
+   side (P = 4: 4 R accumulators) hide the adds' latency. zT[(p*PANEL + u)*G + r] = sum_k
+   xT[k*G + r] * Wp[(p*K + k)*PANEL + u] for rows r < R, in the order k = 0, 1, ... */
+#define CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, R, P) \
+static TARGET void cbn__zpacked##R##_##P##_##S##N(const T *xT, size_t G, const T *Wp, size_t K, \
+                                                  T *zT) { \
+    const size_t panel = CBN_PANEL_BYTES / sizeof(T); \
+    Z acc[R][P], w[P]; \
+    const Z zero = {0}; \
+    size_t k, u; \
+    int r, p; \
+    CBN_UNROLL for (r = 0; r < (R); r++) CBN_UNROLL for (p = 0; p < (P); p++) acc[r][p] = zero; \
+    for (k = 0; k < K; k++) { \
+        CBN_UNROLL for (p = 0; p < (P); p++) \
+            memcpy(&w[p], Wp + ((size_t)p * K + k) * panel, sizeof(Z)); \
+        CBN_UNROLL for (r = 0; r < (R); r++) { \
+            const T x = xT[k * G + r]; \
+            CBN_UNROLL for (p = 0; p < (P); p++) CBN_ZFMA_##S(acc[r][p], w[p], x); \
+        } \
+    } \
+    for (r = 0; r < (R); r++) \
+        for (p = 0; p < (P); p++) { \
+            T z[CBN_PANEL_BYTES / sizeof(T)]; \
+            memcpy(z, &acc[r][p], sizeof(Z)); \
+            for (u = 0; u < panel; u++) zT[(p * panel + u) * G + r] = z[u]; \
+        } \
 }
+#define CBN_ZPACKED_CALL(S, N, R, P) \
+    cbn__zpacked##R##_##P##_##S##N(xT, ld, Wp + j0 * K, K, zT + j0 * ld)
+/* The packed units of few_gemm (its names): blocks of 4 panels, then single panels. */
+#define CBN_ZMM_PACKED(S, N) \
+    { \
+        const size_t panel = CBN_PANEL_BYTES / sizeof(*Wp); \
+        for (; j0 + 4 * panel <= packed; j0 += 4 * panel) \
+            switch (rows) { \
+            case 1: CBN_ZPACKED_CALL(S, N, 1, 4); break; case 2: CBN_ZPACKED_CALL(S, N, 2, 4); break; \
+            case 3: CBN_ZPACKED_CALL(S, N, 3, 4); break; default: CBN_ZPACKED_CALL(S, N, 4, 4); break; \
+            } \
+        for (; j0 + panel <= packed; j0 += panel) \
+            switch (rows) { \
+            case 1: CBN_ZPACKED_CALL(S, N, 1, 1); break; case 2: CBN_ZPACKED_CALL(S, N, 2, 1); break; \
+            case 3: CBN_ZPACKED_CALL(S, N, 3, 1); break; default: CBN_ZPACKED_CALL(S, N, 4, 1); break; \
+            } \
+    }
 /* All units of gemm's row path (5 rows and more), in blocks of CBN_ZMM_UNITS; a statement
    inside cbn__gemm (its names). */
 #define CBN_ZMM_ROWS(S, N) \
@@ -470,15 +528,16 @@ static TARGET void cbn__z_unit_##S##N(const T *xT, size_t ld, const T *W, size_t
 #endif
 #define CBN_NO_ZMM_KERNELS(S, N, TARGET, T, Z)
 #define CBN_NO_ZMM_ROWS(S, N)
+#define CBN_NO_ZMM_PACKED(S, N)
 
 /* zT = W (n_out x K) times xT over the row groups of `rows` rows; the last group has one
    vector of rows when half_last is set. Activations are stored group by group: element
    (k, r) of a layer n wide at ((r / G) * n + k) * G + r % G, G = 2 * LANES rows, so the
    microkernel reads and writes contiguous vectors. */
-#define CBN_GEMM(S, N, TARGET, FMA, T, V, LANES, ROWS) \
+#define CBN_GEMM(S, N, TARGET, FMA, T, V, LANES, ROWS, PACKED) \
 CBN_KERNELS(S, N, TARGET, FMA, T, V, LANES, 1) CBN_KERNELS(S, N, TARGET, FMA, T, V, LANES, 2) \
 CBN_FEW_KERNELS(S, N, TARGET, FMA, T, V, LANES) CBN_PACKED_KERNELS(S, N, TARGET, FMA, T, V, LANES) \
-CBN_FEW_GEMM(S, N, TARGET, T, LANES) \
+CBN_FEW_GEMM(S, N, TARGET, T, LANES, PACKED) \
 static TARGET void cbn__gemm_##S##N(const T *xT, size_t rows, const T *W, const T *Wp, \
                                     size_t K, size_t n_out, T *zT) { \
     const size_t ld = 2 * LANES, groups = (rows + ld - 1) / ld; \
@@ -622,8 +681,8 @@ static TARGET int cbn__forward_##S##N(const cbn_model *m, const T *X, size_t n_r
     CBN_TILES(N, TARGET) \
     ZMM##_KERNELS(f32, N, TARGET, float, cbn__zf) \
     ZMM##_KERNELS(f64, N, TARGET, double, cbn__zd) \
-    CBN_GEMM(f32, N, TARGET, FMA32, float, cbn__vf, CBN_LANES_F32, ZMM##_ROWS) \
-    CBN_GEMM(f64, N, TARGET, FMA64, double, cbn__vd, CBN_LANES_F64, ZMM##_ROWS) \
+    CBN_GEMM(f32, N, TARGET, FMA32, float, cbn__vf, CBN_LANES_F32, ZMM##_ROWS, ZMM##_PACKED) \
+    CBN_GEMM(f64, N, TARGET, FMA64, double, cbn__vd, CBN_LANES_F64, ZMM##_ROWS, ZMM##_PACKED) \
     CBN_DEFINE(f32, N, TARGET, float, CBN_LANES_F32, FLT_MAX, CBN_ROW_BLOCK_F32) \
     CBN_DEFINE(f64, N, TARGET, double, CBN_LANES_F64, DBL_MAX, CBN_ROW_BLOCK_F64)
 
@@ -1189,18 +1248,18 @@ static int cbn__read_values(const unsigned char *b, size_t n, int dtype, void *o
 static size_t cbn__round64(size_t n) { return (n + 63) / 64 * 64; }
 
 /* Units of a layer n_out wide that the loader keeps packed for the few-rows kernels
-   (cbn_layer.Wp): whole panels of LANES units. */
+   (cbn_layer.Wp): whole panels of 64 bytes' worth of units (the rest take tiles of W). */
 static size_t cbn__packed_units(size_t n_out, size_t item) {
-    size_t lanes = item == 4 ? CBN_LANES_F32 : CBN_LANES_F64;
-    return CBN_FEW_ROWS ? n_out / lanes * lanes : 0;
+    size_t panel = CBN_PANEL_BYTES / item;
+    return CBN_FEW_ROWS ? n_out / panel * panel : 0;
 }
 
 static void cbn__pack(const unsigned char *W, size_t n_in, size_t units, size_t item,
                       unsigned char *Wp) {
-    size_t lanes = item == 4 ? CBN_LANES_F32 : CBN_LANES_F64, j, k;
+    size_t panel = CBN_PANEL_BYTES / item, j, k;
     for (j = 0; j < units; j++)
         for (k = 0; k < n_in; k++)
-            memcpy(Wp + (((j / lanes) * n_in + k) * lanes + j % lanes) * item,
+            memcpy(Wp + (((j / panel) * n_in + k) * panel + j % panel) * item,
                    W + (j * n_in + k) * item, item);
 }
 
