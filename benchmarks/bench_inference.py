@@ -6,7 +6,8 @@
                                                          # (e.g. the previous release, built
                                                          # with build_ext --inplace)
 
-Columns: cbn's predict_proba; the C library (cbn_model.c, compiled here with
+Columns: cbn's predict_proba; ``net.freeze().predict_proba`` (cbn.FrozenNetwork: the C
+library's loaded model, W packed for few rows); the C library (cbn_model.c, compiled here with
 ``cc -O3 -march=native -ffp-contract=off``, rows split between the threads by pthreads for
 large batches); onnxruntime (the graph of ``net.to_onnx``, batch norm folded, all graph
 optimizations); PyTorch (eval mode, inference_mode). Same weights, same thread count
@@ -113,6 +114,8 @@ def child(framework, dtype, threads, quick, folder):
     results = {}
     if framework == "cbn":
         predict = net.predict_proba
+    elif framework == "cbn frozen":
+        predict = net.freeze().predict_proba
     elif framework == "onnxruntime":
         import onnxruntime as ort
         path = os.path.join(folder, f"mnist-{dtype}.onnx")
@@ -218,7 +221,8 @@ def main():
     here_src = SRC if any(f.startswith("_kernels") and f.endswith((".so", ".pyd"))
                           for f in os.listdir(os.path.join(SRC, "cbn"))) else ""
     rounds = args.rounds or (1 if args.quick else 3)
-    columns = ["cbn", "C library", "onnxruntime", "torch"] + (["cbn baseline"] if args.baseline else [])
+    columns = ["cbn", "cbn frozen", "C library", "onnxruntime", "torch"] + \
+        (["cbn baseline"] if args.baseline else [])
     print(f"BLAS: {blas_info()}")
     print(f"threads: {args.threads}; medians of {rounds} round(s); seconds per call\n")
     with tempfile.TemporaryDirectory() as folder:
@@ -230,14 +234,15 @@ def main():
                     if column == "C library":
                         got, why = c_library(dtype, args.threads, args.quick, folder), "no cc"
                     else:
-                        framework = "cbn" if column.startswith("cbn") else column
+                        framework = "cbn" if column == "cbn baseline" else column
                         src = args.baseline if column == "cbn baseline" else here_src
                         got, why = spawn(framework, dtype, args.threads, args.quick, folder, src)
                     if got is None:
                         notes[column] = why
                     else:
                         runs[column].append(got)
-            print(f"{dtype}: " + " | ".join(f"{c}" for c in columns) + "   (onnxruntime / cbn)")
+            print(f"{dtype}: " + " | ".join(f"{c}" for c in columns)
+                  + "   (onnxruntime / cbn, onnxruntime / cbn frozen)")
             for rows in ROWS:
                 cells, figures = [], {}
                 for c in columns:
@@ -246,8 +251,9 @@ def main():
                         cells.append(f"{figures[c] * 1e3:10.3f} ms")
                     else:
                         cells.append(f"{'n/a':>13}")
-                ratio = (f"{figures['onnxruntime'] / figures['cbn']:.2f}x"
-                         if "onnxruntime" in figures and "cbn" in figures else "")
+                ratio = " ".join(f"{figures['onnxruntime'] / figures[c]:.2f}x"
+                                 for c in ("cbn", "cbn frozen")
+                                 if "onnxruntime" in figures and c in figures)
                 print(f"  {rows:>6} rows: " + " | ".join(cells) + f"   {ratio}")
             for c, why in notes.items():
                 print(f"  {c}: not measured ({why})")

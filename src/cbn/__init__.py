@@ -9,6 +9,7 @@ from cbn._version import __version__
 from cbn._checkpoint import TrainingInterrupted
 from cbn.callbacks import EarlyStopping, ExponentialDecay, InverseTimeDecay, StepDecay
 from cbn.network import History, Layer, Network
+from cbn._predict import FrozenNetwork
 from cbn.optimizers import SGD, Adam, Momentum, Optimizer, RMSprop
 from cbn._history import plot_history
 from cbn._threads import get_num_threads, set_num_threads
@@ -27,7 +28,7 @@ def get_include():
 
 
 __all__ = [
-    "Network", "Layer", "History",
+    "Network", "Layer", "History", "FrozenNetwork",
     "Optimizer", "SGD", "Momentum", "RMSprop", "Adam",
     "InverseTimeDecay", "ExponentialDecay", "StepDecay", "EarlyStopping", "plot_history",
     "TrainingInterrupted", "set_num_threads", "get_num_threads",

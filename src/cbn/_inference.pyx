@@ -46,6 +46,9 @@ cdef extern from "cbn_model.c" nogil:
                          int raw, void *ws)
     void cbn__sha256_digest(const void *data, size_t n, unsigned char *digest)
     const char *cbn_model_instruction_set()
+    int cbn_model_load_memory(const void *data, size_t size, cbn_model **model)
+    void cbn_model_free(cbn_model *model)
+    const char *cbn_model_strerror(int status)
 
 cdef extern from *:
     """
@@ -251,11 +254,8 @@ def forward(net, X, bint raw):
     computed the same way whatever thread or batch it is in. Returns (array, overflowed).
     """
     cdef _Model model
-    cdef RowsTask task
     cdef unsigned char *buf
     cdef cbn_model prepared
-    cdef int k
-    cdef bint overflowed = False, out_of_memory = False
     layers = net.layers
     key = (tuple(layers), X.dtype, net._activation_code, net.output, net.negative_slope,
            net.bn_eps)
@@ -265,30 +265,92 @@ def forward(net, X, bint raw):
                        net.negative_slope, net.bn_eps)
         _models[net] = found
     model = <_Model> found
-    cdef Py_ssize_t n = X.shape[0], n_out = layers[len(layers) - 1].W.shape[0]
-    out = np.empty((n, n_out), X.dtype)
-    task.X = <const unsigned char *> data_address(X)
-    task.out = <unsigned char *> data_address(out)
-    task.x_row, task.out_row = X.shape[1] * model.item, n_out * model.item
-    task.raw = raw
-    for k in range(_parallel.MAX_PARTS):
-        task.status[k] = CBN_OK
+    out = np.empty((X.shape[0], layers[len(layers) - 1].W.shape[0]), X.dtype)
     buf = <unsigned char *> malloc(model.buffer_bytes())   # nothing below raises before free
     if buf == NULL:
         raise MemoryError()
     prepared = model.prepare(buf)
-    task.model = &prepared
+    status = run_model(&prepared, X, out, raw)
+    free(buf)
+    return out, check_status(status)
+
+
+cdef int run_model(const cbn_model *model, X, out, bint raw):
+    """model's outputs for the rows of X (C-contiguous, the model's dtype) into out (C-
+    contiguous, rows x n_outputs), split by rows between the threads of cbn's kernels; returns
+    CBN_ERR_NOMEM, else CBN_ERR_OVERFLOW or CBN_OK. Raises nothing."""
+    cdef RowsTask task
+    cdef int k, status = CBN_OK
+    cdef size_t item = 4 if model.dtype == CBN_FLOAT32 else 8
+    cdef Py_ssize_t n = X.shape[0]
+    task.model = model
+    task.X = <const unsigned char *> data_address(X)
+    task.out = <unsigned char *> data_address(out)
+    task.x_row = model.layers[0].n_in * item
+    task.out_row = model.layers[model.n_layers - 1].n_out * item
+    task.raw = raw
+    for k in range(_parallel.MAX_PARTS):
+        task.status[k] = CBN_OK
     with nogil:
         # chunks of whole row blocks; a thread gets at least two blocks of float32 rows
         # (splitting smaller batches costs more than it saves)
         _parallel.parallel_for(
             rows_task, &task, n,
-            CBN_ROW_BLOCK_F32 if prepared.dtype == CBN_FLOAT32 else CBN_ROW_BLOCK_F64,
+            CBN_ROW_BLOCK_F32 if model.dtype == CBN_FLOAT32 else CBN_ROW_BLOCK_F64,
             2 * CBN_ROW_BLOCK_F32)
-    free(buf)
     for k in range(_parallel.MAX_PARTS):
-        overflowed |= task.status[k] == CBN_ERR_OVERFLOW
-        out_of_memory |= task.status[k] == CBN_ERR_NOMEM
-    if out_of_memory:
+        if task.status[k] == CBN_ERR_NOMEM:
+            return CBN_ERR_NOMEM
+        if task.status[k] == CBN_ERR_OVERFLOW:
+            status = CBN_ERR_OVERFLOW
+    return status
+
+
+cdef bint check_status(int status) except -1:
+    """True if run_model's status says an output overflowed; MemoryError if out of memory."""
+    if status == CBN_ERR_NOMEM:
         raise MemoryError()
-    return out, overflowed
+    return status == CBN_ERR_OVERFLOW
+
+
+cdef class LoadedModel:
+    """A model file loaded by cbn_model.c's loader (cbn_model_load_memory): its own copy of
+    the values, W also packed for few rows, immutable, so concurrent calls are safe."""
+    cdef cbn_model *model
+
+    def __cinit__(self, const unsigned char[::1] data not None):
+        cdef unsigned char empty = 0
+        cdef int status
+        self.model = NULL
+        with nogil:
+            status = cbn_model_load_memory(&data[0] if data.shape[0] else &empty,
+                                           data.shape[0], &self.model)
+        if status != CBN_OK:
+            if status == CBN_ERR_NOMEM:
+                raise MemoryError()
+            raise ValueError(cbn_model_strerror(status).decode())
+
+    def __dealloc__(self):
+        cbn_model_free(self.model)
+
+    @property
+    def layer_sizes(self):
+        cdef size_t l
+        return [self.model.layers[0].n_in] + [self.model.layers[l].n_out
+                                               for l in range(self.model.n_layers)]
+
+    @property
+    def dtype(self):
+        return np.float32 if self.model.dtype == CBN_FLOAT32 else np.float64
+
+    @property
+    def output(self):
+        return self.model.output
+
+    def forward(self, X):
+        """What predict_proba returns (predict for linear outputs) for X (validated,
+        C-contiguous, the model's dtype). Returns (array, overflowed)."""
+        out = np.empty((X.shape[0], self.model.layers[self.model.n_layers - 1].n_out),
+                       X.dtype)
+        return out, check_status(run_model(self.model, X, out, False))
+

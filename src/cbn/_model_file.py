@@ -100,6 +100,16 @@ def network_to_bytes(net):
     return f.getvalue()
 
 
+def inference_bytes(net):
+    """A format-2 file of ``net`` without its optimizer state: what inference reads
+    (:meth:`Network.freeze` hands it to the C library's loader)."""
+    tensors = {name: value for name, value in network_tensors(net).items()
+               if not name.startswith("optimizer.")}
+    f = io.BytesIO()
+    write(f, tensors, network_metadata(net))
+    return f.getvalue()
+
+
 def save_network(net, path):
     """``Network.save``: write format 2 to ``path`` atomically."""
     path = check.check_path(path)
