@@ -216,6 +216,8 @@ def check_evaluate_save_load():
         assert "gather_optimizer_state" in str(exc), exc
     else:
         raise AssertionError("a network with partial optimizer state was pickled")
+    if rank == 1:   # local: one rank alone freezes, with its partial optimizer state
+        assert many.freeze().predict_proba(X).tobytes() == many.predict_proba(X).tobytes()
     path = os.path.join(FOLDER, "model.npz")
     many.metadata["note"] = "from rank 0"
     many.save(path)   # gathers the state
