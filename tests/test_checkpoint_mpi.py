@@ -72,6 +72,22 @@ def launch(folder, *args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def checkpoint_id(path):
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns
+
+
+def wait_for_a_new_checkpoint(path, before, proc, timeout=60.0):
+    """Until this run has written a checkpoint of its own (a save replaces the file) or has
+    ended: a kill before that would only restart the run from where the last one began."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None and checkpoint_id(path) == before:
+        time.sleep(0.001)
+
+
 def results(prefix):
     loaded = []
     for rank in (0, 1):
@@ -107,6 +123,7 @@ def test_killing_one_rank_resumes_bit_for_bit(tmp_path, uninterrupted, sig, seed
     rand = random.Random(seed)
     kills, starts, codes = 2, [], []
     for attempt in range(kills + 1):
+        before = checkpoint_id(tmp_path / "run.ckpt")
         proc = launch(tmp_path, tmp_path / "run.ckpt", tmp_path / "result", 3)
         pids, seen = {}, ""
         while len(pids) < 2:   # both ranks train (the launcher may merge their lines)
@@ -118,6 +135,7 @@ def test_killing_one_rank_resumes_bit_for_bit(tmp_path, uninterrupted, sig, seed
                 pids[int(rank)] = int(pid)
                 starts.append(int(t))
         if attempt < kills and len(pids) == 2:
+            wait_for_a_new_checkpoint(tmp_path / "run.ckpt", before, proc)
             time.sleep(rand.uniform(0.0, 0.4 * duration))
             victim = pids[rand.randrange(2)]
             try:

@@ -4,6 +4,7 @@ Its outputs are the network's own bits at the time of freezing (1-4 rows go thro
 at load, more through the row kernels), later changes to the network do not reach it, and bad
 input or files give the errors Network gives.
 """
+import copy
 import pickle
 import threading
 
@@ -97,7 +98,7 @@ def test_bad_files_and_bad_data_are_refused(tmp_path):
     with pytest.raises(ValueError, match="damaged.safetensors.*checksum"):
         cbn.FrozenNetwork.load(tmp_path / "damaged.safetensors")
     (tmp_path / "short").write_bytes(b"\x01\x02")
-    with pytest.raises(ValueError, match="short"):
+    with pytest.raises(ValueError, match="short' is not a loadable cbn model file: "):
         cbn.FrozenNetwork.load(tmp_path / "short")
     with pytest.raises(ValueError, match="not a readable"):
         cbn.FrozenNetwork.load(tmp_path)              # a folder
@@ -109,6 +110,32 @@ def test_bad_files_and_bad_data_are_refused(tmp_path):
         cbn.FrozenNetwork("model.safetensors")
     with pytest.raises(ValueError, match="data: not a loadable"):
         cbn.FrozenNetwork(b"")
+    good = path.read_bytes()
+    frozen = cbn.FrozenNetwork(np.frombuffer(good, np.uint8))     # any buffer of the bytes
+    assert frozen.layer_sizes == net.freeze().layer_sizes
+    with pytest.raises(ValueError, match="data: not a loadable"):  # doubles: read as bytes
+        cbn.FrozenNetwork(memoryview(np.zeros(4)))
+    with pytest.raises(TypeError, match="non-contiguous"):
+        cbn.FrozenNetwork(memoryview(good)[::2])
+    net.layers[1].W[0, 0] = np.nan
+    with pytest.raises(ValueError, match="freeze: the network cannot be frozen.*finite"):
+        net.freeze()
+
+
+def test_a_frozen_network_cannot_be_changed():
+    frozen = network(np.float64).freeze()
+    for name, value in (("dtype", np.float32), ("layer_sizes", (2, 91, 13, 4)),
+                        ("output", "linear"), ("anything", 1)):
+        with pytest.raises(AttributeError):
+            setattr(frozen, name, value)
+    assert copy.copy(frozen) is frozen and copy.deepcopy(frozen) is frozen
+    # what the kernel trusts is checked again below the Python layer
+    with pytest.raises(ValueError, match="C-contiguous float64 array of shape"):
+        frozen._model.forward(np.zeros((3, 43), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous float64 array of shape"):
+        frozen._model.forward(np.zeros((3, 44)))
+    with pytest.raises(ValueError, match="C-contiguous float64 array of shape"):
+        frozen._model.forward(np.zeros((43, 3)).T)
 
 
 def test_bad_input_is_refused_like_the_networks():

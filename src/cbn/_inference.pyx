@@ -348,9 +348,14 @@ cdef class LoadedModel:
         return self.model.output
 
     def forward(self, X):
-        """What predict_proba returns (predict for linear outputs) for X (validated,
-        C-contiguous, the model's dtype). Returns (array, overflowed)."""
-        out = np.empty((X.shape[0], self.model.layers[self.model.n_layers - 1].n_out),
-                       X.dtype)
+        """What predict_proba returns (predict for linear outputs) for X (validated by the
+        caller: C-contiguous rows of n_inputs values of the model's dtype; anything else is
+        refused here, the kernel trusts it). Returns (array, overflowed)."""
+        dtype = self.dtype
+        if not (isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype == dtype
+                and X.flags.c_contiguous and X.shape[1] == self.model.layers[0].n_in):
+            raise ValueError(f"X: expected a C-contiguous {np.dtype(dtype).name} array of "
+                             f"shape (n, {self.model.layers[0].n_in})")
+        out = np.empty((X.shape[0], self.model.layers[self.model.n_layers - 1].n_out), dtype)
         return out, check_status(run_model(self.model, X, out, False))
 

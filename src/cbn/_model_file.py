@@ -116,17 +116,23 @@ def save_network(net, path):
     atomic_save(path, lambda f: write_network(f, net))
 
 
-def load_network(cls, path):
-    """``Network.load``: read a format-2 (or format-1) file; ValueErrors name the path."""
+def read_model_file(path):
+    """(path, the file's bytes): a TypeError names a path that is not a file name, a
+    ValueError a file that cannot be read; FileNotFoundError stays itself."""
     path = check.check_path(path)
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return path, f.read()
     except FileNotFoundError:
         raise
     except Exception as exc:  # a folder, a device that fails, ...
         raise ValueError(f"path: {os.fspath(path)!r} is not a readable cbn model file "
                          f"({exc})") from None
+
+
+def load_network(cls, path):
+    """``Network.load``: read a format-2 (or format-1) file; ValueErrors name the path."""
+    path, data = read_model_file(path)
     try:
         return network_from_bytes(cls, data)
     except ValueError as exc:

@@ -50,6 +50,24 @@ def _predictions(output, outputs):
     return outputs[:, 0] if outputs.shape[1] == 1 else outputs
 
 
+def _loaded_model(data, context):
+    """The C library's model loaded from the bytes-like ``data``; a ValueError starts with
+    ``context`` (what was being loaded)."""
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"data: expected the bytes of a cbn model file (bytes, bytearray or "
+                        f"another buffer), got {type(data).__name__}") from None
+    if not view.c_contiguous:
+        raise TypeError("data: expected a contiguous buffer of bytes, got a non-contiguous "
+                        "memoryview")
+    try:
+        return _BUILD.LoadedModel(view.cast("B") if view.format != "B" or view.ndim != 1
+                                  else view)
+    except ValueError as exc:
+        raise ValueError(f"{context}: {exc}") from None
+
+
 class FrozenNetwork:
     """An immutable snapshot of a network for inference: :meth:`Network.freeze`, or
     :meth:`load` from a model file.
@@ -60,61 +78,72 @@ class FrozenNetwork:
     must see in-place edits of W at the next call), which makes 1-4 rows faster. Its outputs
     are the network's own bits (predict_proba, predict) at the time of freezing.
     """
+    __slots__ = ("_model", "_layer_sizes", "_dtype", "_output")
 
     def __init__(self, data):
         """``data``: the bytes of a model file (format 2) holding a network's parameters and
         running statistics, as :meth:`Network.save` writes it."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data: expected the bytes of a cbn model file, got "
-                            f"{type(data).__name__}")
-        try:
-            self._model = _BUILD.LoadedModel(data)
-        except ValueError as exc:
-            raise ValueError(f"data: not a loadable cbn model file: {exc}") from None
-        self.layer_sizes = tuple(self._model.layer_sizes)
-        self.dtype = self._model.dtype
-        self.output = {code: name for name, code in _inference.OUTPUTS.items()}[
-            self._model.output]
+        self._set(_loaded_model(data, "data: not a loadable cbn model file"))
+
+    def _set(self, model):
+        self._model = model
+        self._layer_sizes = tuple(model.layer_sizes)
+        self._dtype = model.dtype
+        self._output = {code: name for name, code in _inference.OUTPUTS.items()}[model.output]
+
+    @classmethod
+    def _of(cls, model):
+        frozen = cls.__new__(cls)
+        frozen._set(model)
+        return frozen
 
     @classmethod
     def load(cls, path):
         """A frozen network from a model file written by :meth:`Network.save` (format 2)."""
-        path = check.check_path(path)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise ValueError(f"path: {os.fspath(path)!r} is not a readable cbn model file "
-                             f"({exc})") from None
-        try:
-            return cls(data)
-        except ValueError as exc:
-            raise ValueError(f"path: {os.fspath(path)!r}: {exc}") from None
+        path, data = _model_file.read_model_file(path)
+        return cls._of(_loaded_model(
+            data, f"path: {os.fspath(path)!r} is not a loadable cbn model file"))
+
+    @property
+    def layer_sizes(self):
+        return self._layer_sizes
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def output(self):
+        return self._output
 
     def _outputs(self, X):
-        X = check.check_features("X", X, self.layer_sizes[0], self.dtype)
+        X = check.check_features("X", X, self._layer_sizes[0], self._dtype)
         return _checked(*self._model.forward(X), X)
 
     def predict_proba(self, X):
         """Class probabilities, as :meth:`Network.predict_proba`."""
-        if self.output == "linear":
+        if self._output == "linear":
             raise ValueError("predict_proba: a network with output='linear' has no "
                              "probabilities; use predict")
         return self._outputs(X)
 
     def predict(self, X):
         """Predictions, as :meth:`Network.predict`."""
-        return _predictions(self.output, self._outputs(X))
+        return _predictions(self._output, self._outputs(X))
+
+    def __copy__(self):
+        return self   # immutable
+
+    def __deepcopy__(self, memo):
+        return self
 
     def __reduce__(self):
         raise TypeError("a FrozenNetwork cannot be pickled; pickle or save the Network and "
                         "freeze it where it is loaded")
 
     def __repr__(self):
-        return (f"FrozenNetwork(layer_sizes={list(self.layer_sizes)}, output={self.output!r}, "
-                f"dtype={np.dtype(self.dtype).name})")
+        return (f"FrozenNetwork(layer_sizes={list(self._layer_sizes)}, "
+                f"output={self._output!r}, dtype={np.dtype(self._dtype).name})")
 
 
 class InferenceMixin:
@@ -157,7 +186,8 @@ class InferenceMixin:
         """An immutable snapshot for inference (:class:`cbn.FrozenNetwork`): the same
         outputs as this network's now, faster for 1-4 rows, safe to share between threads.
         Local: no communication under ``comm``."""
-        return FrozenNetwork(_model_file.inference_bytes(self))
+        return FrozenNetwork._of(_loaded_model(_model_file.inference_bytes(self),
+                                               "freeze: the network cannot be frozen"))
 
     def _evaluate(self, X, targets):
         if self._sync is not None:

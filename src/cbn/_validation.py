@@ -124,12 +124,22 @@ def _as_numeric_array(name, value):
 
 
 def _require_finite(name, arr):
-    # min and max are NaN if any element is NaN and infinite if any element is; unlike
-    # np.isfinite(arr).all() they allocate nothing the size of arr (train_step stays
-    # allocation-free); the ufunc reductions skip ndarray.min's Python layer (per-batch cost)
-    if arr.size and not (math.isfinite(np.minimum.reduce(arr, axis=None))
-                         and math.isfinite(np.maximum.reduce(arr, axis=None))):
+    # C-contiguous float32/float64 (what the kernels take): one pass of the threaded
+    # divergence-check kernel, NaN if arr holds a NaN and inf if an inf. Else min and max,
+    # NaN or infinite likewise; unlike np.isfinite(arr).all() neither allocates anything the
+    # size of arr (train_step stays allocation-free)
+    if not arr.size:
+        return
+    if arr.dtype in _KERNEL_DTYPES and arr.flags.c_contiguous:
+        finite = math.isfinite(_kernels.largest_magnitude(arr.reshape(-1)))
+    else:
+        finite = (math.isfinite(np.minimum.reduce(arr, axis=None))
+                  and math.isfinite(np.maximum.reduce(arr, axis=None)))
+    if not finite:
         raise ValueError(f"{name}: expected finite values, got NaN or infinity")
+
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _as_contiguous(arr, dtype):
@@ -155,9 +165,7 @@ def check_features(name, X, n_features, dtype, min_rows=1):
         why = " (batch norm needs at least 2 rows to compute batch statistics)" if min_rows == 2 else ""
         raise ValueError(f"{name}: expected at least {min_rows} rows{why}, got {arr.shape[0]}")
     arr = _as_contiguous(arr, dtype)
-    # one pass of the threaded divergence-check kernel: NaN if X holds a NaN, inf if an inf
-    if arr.size and not math.isfinite(_kernels.largest_magnitude(arr.reshape(-1))):
-        raise ValueError(f"{name}: expected finite values, got NaN or infinity")
+    _require_finite(name, arr)
     return arr
 
 

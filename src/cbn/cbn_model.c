@@ -366,7 +366,7 @@ static TARGET void cbn__packed##R##_##P##_##S##N(const T *xT, size_t G, const T 
     cbn__few##R##_##P##_##S##N(xT, ld, W + j0 * K, K, zT + j0 * ld)
 #define CBN_PACKED_CALL(S, N, R, P) \
     cbn__packed##R##_##P##_##S##N(xT, ld, Wp, j0, K, zT + j0 * ld)
-/* Units j0.. of zT for rows < R through the few-rows kernels: the packed units of Wp, then
+/* Units j0.. of zT for the `rows` rows through the few-rows kernels: the packed units of Wp, then
    tiles of W; returns the first unit left (fewer than LANES units remain for the row
    kernels). PACKED: a statement that may take the packed units first (AVX-512 builds). */
 #define CBN_FEW_GEMM(S, N, TARGET, T, LANES, PACKED) \
@@ -376,7 +376,8 @@ static TARGET size_t cbn__few_gemm_##S##N(const T *xT, size_t rows, const T *W, 
     size_t j0 = 0; \
     if (Wp) { \
         const size_t packed = n_out / (CBN_PANEL_BYTES / sizeof(T)) * (CBN_PANEL_BYTES / sizeof(T)); \
-        /* 4 vectors side by side (1-2 rows) or 2 (3-4 rows) hide the adds' latency */ \
+        /* (AVX-512: PACKED, 4 panels side by side.) Else 4 vectors side by side (1-2 rows) \
+           or 2 (3-4 rows) hide the adds' latency. */ \
         const size_t P = rows <= 2 ? 4 : 2; \
         PACKED(S, N) \
         for (; j0 + P * (LANES) <= packed; j0 += P * (LANES)) \
@@ -465,7 +466,7 @@ CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, 2, 4) CBN_ZMM_PACKED_KERNEL(S, N, TARG
 CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, 3, 4) CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, 3, 1) \
 CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, 4, 4) CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, 4, 1)
 /* Few rows from Wp (cbn_layer.Wp): one panel is one 64-byte vector per k, and P panels side by
-   side (P = 4: 4 R accumulators) hide the adds' latency. zT[(p*PANEL + u)*G + r] = sum_k
+   side (P = 4: 4 x R accumulators) hide the adds' latency. zT[(p*PANEL + u)*G + r] = sum_k
    xT[k*G + r] * Wp[(p*K + k)*PANEL + u] for rows r < R, in the order k = 0, 1, ... */
 #define CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, R, P) \
 static TARGET void cbn__zpacked##R##_##P##_##S##N(const T *xT, size_t G, const T *Wp, size_t K, \
@@ -1415,8 +1416,9 @@ static int cbn__load(const unsigned char *data, size_t size, cbn_model **model) 
         if (!found) goto done;
     }
 
-    /* Build the model: one allocation for the struct, the layers, W, scale and shift
-       (sizes[l] * sizes[l+1] * item <= the file's size, checked above: no overflow). */
+    /* Build the model: one allocation for the struct, the layers, W, scale, shift, 2 scratch
+       vectors and the packed W per layer (sizes[l] * sizes[l+1] * item <= the file's size,
+       checked above, so each piece fits; their sum is checked, for 32-bit targets). */
     {
         size_t total = cbn__round64(sizeof(struct cbn_model)) +
                        cbn__round64(n_layers * sizeof(cbn_layer)) + 64, off, max_width = 0;
@@ -1424,9 +1426,15 @@ static int cbn__load(const unsigned char *data, size_t size, cbn_model **model) 
         struct cbn_model *m;
         cbn_layer *layers;
         for (l = 0; l < n_layers; l++) {
-            total += cbn__round64(sizes[l] * sizes[l + 1] * item) +
-                     4 * cbn__round64(sizes[l + 1] * item) +  /* W, scale, shift, 2 scratch */
-                     cbn__round64(cbn__packed_units(sizes[l + 1], item) * sizes[l] * item);
+            size_t w = cbn__round64(sizes[l] * sizes[l + 1] * item),
+                   vectors = 4 * cbn__round64(sizes[l + 1] * item),  /* scale, shift, 2 scratch */
+                   wp = cbn__round64(cbn__packed_units(sizes[l + 1], item) * sizes[l] * item);
+            if (w > SIZE_MAX - total || vectors > SIZE_MAX - total - w ||
+                wp > SIZE_MAX - total - w - vectors) {
+                status = CBN_ERR_NOMEM;
+                goto done;
+            }
+            total += w + vectors + wp;
             if (sizes[l] > max_width) max_width = sizes[l];
             if (sizes[l + 1] > max_width) max_width = sizes[l + 1];
         }
