@@ -52,6 +52,7 @@ enum { CBN_OUT_SOFTMAX = 0, CBN_OUT_SIGMOID = 1, CBN_OUT_LINEAR = 2 };
 #define CBN_ROW_BLOCK_F32 (CBN_BLOCK_GROUPS * 2 * CBN_LANES_F32)
 #define CBN_ROW_BLOCK_F64 (CBN_BLOCK_GROUPS * 2 * CBN_LANES_F64)
 #define CBN_PANEL_BYTES 64
+#define CBN_PANEL_UNITS(item) (CBN_PANEL_BYTES / (item))   /* units per panel of cbn_layer.Wp */
 
 typedef struct cbn_layer {
     size_t n_in, n_out;
@@ -328,7 +329,7 @@ static TARGET void cbn__few##R##_##P##_##S##N(const T *xT, size_t G, const T *W,
 #define CBN_PACKED_KERNEL(S, N, TARGET, FMA, T, V, LANES, R, P) \
 static TARGET void cbn__packed##R##_##P##_##S##N(const T *xT, size_t G, const T *Wp, \
                                                  size_t j0, size_t K, T *zT) { \
-    const size_t panel = CBN_PANEL_BYTES / sizeof(T); \
+    const size_t panel = CBN_PANEL_UNITS(sizeof(T)); \
     V acc[R][P], w[P]; \
     const T *wp[P]; \
     const V zero = {0}; \
@@ -375,7 +376,7 @@ static TARGET size_t cbn__few_gemm_##S##N(const T *xT, size_t rows, const T *W, 
     const size_t ld = 2 * (LANES); \
     size_t j0 = 0; \
     if (Wp) { \
-        const size_t packed = n_out / (CBN_PANEL_BYTES / sizeof(T)) * (CBN_PANEL_BYTES / sizeof(T)); \
+        const size_t packed = n_out / CBN_PANEL_UNITS(sizeof(T)) * CBN_PANEL_UNITS(sizeof(T)); \
         /* (AVX-512: PACKED, 4 panels side by side.) Else 4 vectors side by side (1-2 rows) \
            or 2 (3-4 rows) hide the adds' latency. */ \
         const size_t P = rows <= 2 ? 4 : 2; \
@@ -471,7 +472,7 @@ CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, 4, 4) CBN_ZMM_PACKED_KERNEL(S, N, TARG
 #define CBN_ZMM_PACKED_KERNEL(S, N, TARGET, T, Z, R, P) \
 static TARGET void cbn__zpacked##R##_##P##_##S##N(const T *xT, size_t G, const T *Wp, size_t K, \
                                                   T *zT) { \
-    const size_t panel = CBN_PANEL_BYTES / sizeof(T); \
+    const size_t panel = CBN_PANEL_UNITS(sizeof(T)); \
     Z acc[R][P], w[P]; \
     const Z zero = {0}; \
     size_t k, u; \
@@ -487,7 +488,7 @@ static TARGET void cbn__zpacked##R##_##P##_##S##N(const T *xT, size_t G, const T
     } \
     for (r = 0; r < (R); r++) \
         for (p = 0; p < (P); p++) { \
-            T z[CBN_PANEL_BYTES / sizeof(T)]; \
+            T z[CBN_PANEL_UNITS(sizeof(T))]; \
             memcpy(z, &acc[r][p], sizeof(Z)); \
             for (u = 0; u < panel; u++) zT[(p * panel + u) * G + r] = z[u]; \
         } \
@@ -497,7 +498,7 @@ static TARGET void cbn__zpacked##R##_##P##_##S##N(const T *xT, size_t G, const T
 /* The packed units of few_gemm (its names): blocks of 4 panels, then single panels. */
 #define CBN_ZMM_PACKED(S, N) \
     { \
-        const size_t panel = CBN_PANEL_BYTES / sizeof(*Wp); \
+        const size_t panel = CBN_PANEL_UNITS(sizeof(*Wp)); \
         for (; j0 + 4 * panel <= packed; j0 += 4 * panel) \
             switch (rows) { \
             case 1: CBN_ZPACKED_CALL(S, N, 1, 4); break; case 2: CBN_ZPACKED_CALL(S, N, 2, 4); break; \
@@ -1251,13 +1252,13 @@ static size_t cbn__round64(size_t n) { return (n + 63) / 64 * 64; }
 /* Units of a layer n_out wide that the loader keeps packed for the few-rows kernels
    (cbn_layer.Wp): whole panels of 64 bytes' worth of units (the rest take tiles of W). */
 static size_t cbn__packed_units(size_t n_out, size_t item) {
-    size_t panel = CBN_PANEL_BYTES / item;
+    size_t panel = CBN_PANEL_UNITS(item);
     return CBN_FEW_ROWS ? n_out / panel * panel : 0;
 }
 
 static void cbn__pack(const unsigned char *W, size_t n_in, size_t units, size_t item,
                       unsigned char *Wp) {
-    size_t panel = CBN_PANEL_BYTES / item, j, k;
+    size_t panel = CBN_PANEL_UNITS(item), j, k;
     for (j = 0; j < units; j++)
         for (k = 0; k < n_in; k++)
             memcpy(Wp + (((j / panel) * n_in + k) * panel + j % panel) * item,
